@@ -1,0 +1,74 @@
+"""The ``"method": "vispec"`` speculative config: parsing, validation, clear errors.
+
+vLLM's ``SpeculativeConfig.method`` is a closed Literal, so a vispec config is rewritten
+into an EAGLE config for the prepared draft (:func:`to_eagle_config`). Everything the user
+can get wrong is checked here, before vLLM sees it, so errors name the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from .model.checkpoint import prepare_draft
+
+METHOD = "vispec"
+
+# vLLM's own fields that a user may not set with vispec, and why.
+UNSUPPORTED_FIELDS = {
+    "parallel_drafting": "ViSpec drafts token by token (EAGLE-1 style)",
+}
+# Fields vLLM fills in itself; they never come from a user.
+INTERNAL_FIELDS = {"target_model_config", "target_parallel_config", "draft_model_config",
+                   "draft_parallel_config"}
+
+
+def speculative_config_fields() -> set[str]:
+    from vllm.config import SpeculativeConfig
+    return {f.name for f in dataclasses.fields(SpeculativeConfig)} - INTERNAL_FIELDS
+
+
+def is_vispec(spec: dict[str, Any] | None) -> bool:
+    return isinstance(spec, dict) and spec.get("method") == METHOD
+
+
+def validate_options(spec: dict[str, Any]) -> None:
+    allowed = speculative_config_fields()
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown vispec option(s) {unknown} in the speculative config; valid options "
+            f"are vLLM's speculative config fields: {sorted(allowed)}")
+    for name, why in UNSUPPORTED_FIELDS.items():
+        if spec.get(name):
+            raise ValueError(f"vispec does not support {name!r}: {why}")
+    n = spec.get("num_speculative_tokens")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(
+            '"method": "vispec" needs "num_speculative_tokens", a positive integer '
+            f"(got {n!r})")
+
+
+def check_model_runner() -> None:
+    """The vispec draft runs on vLLM's classic (V1) model runner only, for now."""
+    value = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
+    if value in ("1", "true"):
+        raise ValueError(
+            "vispec supports vLLM's classic (V1) model runner only; unset "
+            "VLLM_USE_V2_MODEL_RUNNER (vllm-vispec then selects the classic runner)")
+
+
+def to_eagle_config(spec: dict[str, Any], target_model_config: Any) -> dict[str, Any]:
+    """The vLLM speculative config that runs ``spec`` through vLLM's EAGLE pipeline."""
+    spec = {k.replace("-", "_"): v for k, v in spec.items()}
+    validate_options(spec)
+    check_model_runner()
+    draft = prepare_draft(
+        spec.get("model"),
+        target_name=str(target_model_config.model),
+        target_hidden=target_model_config.get_hidden_size(),
+        target_vocab=target_model_config.get_vocab_size(),
+        target_max_len=target_model_config.max_model_len,
+    )
+    return {**spec, "method": "eagle", "model": str(draft)}

@@ -1,0 +1,129 @@
+"""The ViSpec draft as a vLLM model class, driven by vLLM's EAGLE proposer.
+
+Layout (published checkpoints): ``fc`` over [token embedding, target feature], one decoder
+layer without input norm, no final norm, the target's lm_head and embedding (shared by
+vLLM's proposer), the image adaptor ``imadpt`` and ``img_fc``, which fuses the latest
+image's global vector into every text feature: ``img_fc(cat(h, g))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.linear import ReplicatedLinear
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import SupportsMultiModalEmbeddings
+from vllm.model_executor.models.utils import _merge_multimodal_embeddings
+
+from .hf_config import dims_from_hf_config
+from .layers import DraftDecoderLayer, ImageAdaptor
+from .layout import check_shapes
+
+# Checkpoint names of the projections vLLM stores fused, with their shard ids.
+_STACKED = (
+    (".self_attn.q_proj.", ".self_attn.qkv_proj.", "q"),
+    (".self_attn.k_proj.", ".self_attn.qkv_proj.", "k"),
+    (".self_attn.v_proj.", ".self_attn.qkv_proj.", "v"),
+    (".mlp.gate_proj.", ".mlp.gate_up_proj.", 0),
+    (".mlp.up_proj.", ".mlp.gate_up_proj.", 1),
+)
+
+
+class VispecDraftModel(nn.Module):
+    """The draft body. Checkpoint keys map onto it one to one (``layers.0`` aside)."""
+
+    def __init__(self, vllm_config: VllmConfig, prefix: str, layer_id: int) -> None:
+        super().__init__()
+        hf_config = vllm_config.speculative_config.draft_model_config.hf_config
+        self.dims = dims = dims_from_hf_config(hf_config)
+        h = dims.hidden_size
+        self.embed_tokens = VocabParallelEmbedding(dims.vocab_size, h,
+                                                   prefix=f"{prefix}.embed_tokens")
+        # The attention layer's name must not collide with the target's layers.
+        self.layers = nn.ModuleList([
+            DraftDecoderLayer(dims, vllm_config, prefix=f"{prefix}.layers.{layer_id}")])
+        self.fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.fc")
+        self.img_fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.img_fc")
+        self.imadpt = ImageAdaptor(dims, prefix=f"{prefix}.imadpt")
+
+    def fuse_features(self, input_embeds: torch.Tensor, hidden_states: torch.Tensor,
+                      global_image: torch.Tensor) -> torch.Tensor:
+        """``fc(cat(emb, img_fc(cat(h, g))))`` for text slots; ``g`` broadcasts per row."""
+        feature, _ = self.img_fc(torch.cat((hidden_states, global_image), dim=-1))
+        fused, _ = self.fc(torch.cat((input_embeds, feature), dim=-1))
+        return fused
+
+    def forward(self, input_embeds: torch.Tensor, positions: torch.Tensor,
+                hidden_states: torch.Tensor) -> torch.Tensor:
+        # No image state yet: every slot fuses the zero global vector (ViSpec's value
+        # before the first image).
+        global_image = hidden_states.new_zeros(hidden_states.shape)
+        x = self.fuse_features(input_embeds, hidden_states, global_image)
+        for layer in self.layers:
+            x = layer(positions, x)
+        return x
+
+
+class EagleVispecForCausalLM(nn.Module, SupportsMultiModalEmbeddings):
+    """vLLM entry class of the ViSpec draft (the name starts with ``Eagle`` so vLLM's
+    EAGLE config keeps it)."""
+
+    # The checkpoint's embedding is a frozen copy of the target's and the draft scores
+    # with the target's lm_head: vLLM's proposer shares both from the target.
+    has_own_embed_tokens = False
+    has_own_lm_head = False
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        self.config = vllm_config.speculative_config.draft_model_config.hf_config
+        target_layers = vllm_config.model_config.get_num_layers(vllm_config.parallel_config)
+        self.model = VispecDraftModel(vllm_config, prefix="model", layer_id=target_layers)
+        self.logits_processor = LogitsProcessor(self.model.dims.vocab_size)
+        self.lm_head: nn.Module | None = None  # the target's, set by the proposer
+
+    def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings=None, *,
+                        is_multimodal: torch.Tensor | None = None) -> torch.Tensor:
+        embeds = self.model.embed_tokens(input_ids)
+        if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
+            return embeds
+        return _merge_multimodal_embeddings(embeds, multimodal_embeddings, is_multimodal)
+
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
+                hidden_states: torch.Tensor, inputs_embeds: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_input_ids(input_ids)
+        out = self.model(inputs_embeds, positions, hidden_states)
+        # No final norm: the draft's output is both its feature and what lm_head scores.
+        return out, out
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Strict: the checkpoint must hold exactly the published layout's tensors."""
+        weights = list(weights)
+        check_shapes({name: tuple(w.shape) for name, w in weights}, self.model.dims,
+                     where=getattr(self.config, "vispec", {}).get("source", "(draft)"))
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            target = "model." + name
+            shard = None
+            for ckpt_part, param_part, shard_id in _STACKED:
+                if ckpt_part in target:
+                    target, shard = target.replace(ckpt_part, param_part), shard_id
+                    break
+            param = params[target]
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            if shard is None:
+                loader(param, tensor)
+            else:
+                loader(param, tensor, shard)
+            loaded.add(target)
+        return loaded

@@ -1,0 +1,108 @@
+"""The ViSpec draft's building blocks on vLLM layers: its decoder layer and image adaptor."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.activation import SiluAndMul
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
+                                               ReplicatedLinear, RowParallelLinear)
+from vllm.model_executor.layers.rotary_embedding import get_rope
+
+from .layout import DraftDims
+
+
+class DraftAttention(nn.Module):
+    """Multi-head self-attention with RoPE over the draft layer's paged KV cache."""
+
+    def __init__(self, dims: DraftDims, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        self.num_heads = dims.num_heads
+        self.num_kv_heads = dims.num_kv_heads
+        self.head_dim = dims.head_dim
+        self.q_size = dims.num_heads * dims.head_dim
+        self.kv_size = dims.num_kv_heads * dims.head_dim
+        self.qkv_proj = QKVParallelLinear(dims.hidden_size, dims.head_dim, dims.num_heads,
+                                          dims.num_kv_heads, bias=dims.qkv_bias,
+                                          prefix=f"{prefix}.qkv_proj")
+        self.o_proj = RowParallelLinear(self.q_size, dims.hidden_size, bias=False,
+                                        prefix=f"{prefix}.o_proj")
+        self.rotary_emb = get_rope(
+            dims.head_dim, max_position=dims.max_position_embeddings,
+            rope_parameters={"rope_type": "default", "rope_theta": dims.rope_theta},
+            is_neox_style=True)
+        self.attn = Attention(dims.num_heads, dims.head_dim, dims.head_dim**-0.5,
+                              num_kv_heads=dims.num_kv_heads,
+                              cache_config=vllm_config.cache_config, prefix=f"{prefix}.attn")
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        qkv, _ = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = self.rotary_emb(positions, q, k)
+        out, _ = self.o_proj(self.attn(q, k, v))
+        return out
+
+
+class DraftMLP(nn.Module):
+    def __init__(self, dims: DraftDims, prefix: str) -> None:
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(
+            dims.hidden_size, [dims.intermediate_size] * 2, bias=False,
+            prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(dims.intermediate_size, dims.hidden_size,
+                                           bias=False, prefix=f"{prefix}.down_proj")
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up, _ = self.gate_up_proj(x)
+        out, _ = self.down_proj(self.act_fn(gate_up))
+        return out
+
+
+class DraftDecoderLayer(nn.Module):
+    """EAGLE-1's layer 0: no input norm (the fc output goes straight into attention)."""
+
+    def __init__(self, dims: DraftDims, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        self.self_attn = DraftAttention(dims, vllm_config, prefix=f"{prefix}.self_attn")
+        self.mlp = DraftMLP(dims, prefix=f"{prefix}.mlp")
+        self.post_attention_layernorm = RMSNorm(dims.hidden_size, eps=dims.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        attn = self.self_attn(positions, x)
+        h, residual = self.post_attention_layernorm(attn, x)
+        return self.mlp(h) + residual
+
+
+class ImageAdaptor(nn.Module):
+    """ViSpec's image adaptor: ``num_q`` learned queries cross-attend over one image.
+
+    Keys and values are projections of the image's (projected) input embeddings; there is
+    no norm, MLP or positional encoding. Rows ``0..num_q-2`` of the output are the image's
+    compressed tokens, the last row its global vector.
+    """
+
+    def __init__(self, dims: DraftDims, prefix: str) -> None:
+        super().__init__()
+        self.num_heads = dims.num_heads
+        self.head_dim = dims.head_dim
+        h = dims.hidden_size
+        self.q = nn.Parameter(torch.empty(dims.num_q, dims.num_heads, dims.head_dim))
+        self.k_proj = ReplicatedLinear(h, h, bias=dims.qkv_bias, prefix=f"{prefix}.k_proj")
+        self.v_proj = ReplicatedLinear(h, h, bias=dims.qkv_bias, prefix=f"{prefix}.v_proj")
+        self.o_proj = ReplicatedLinear(h, h, bias=False, prefix=f"{prefix}.o_proj")
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """``image_embeds`` [n, H] of one image -> [num_q, H]."""
+        n = image_embeds.shape[0]
+        k, _ = self.k_proj(image_embeds)
+        v, _ = self.v_proj(image_embeds)
+        k = k.view(n, self.num_heads, self.head_dim).transpose(0, 1)
+        v = v.view(n, self.num_heads, self.head_dim).transpose(0, 1)
+        q = self.q.to(k.dtype).transpose(0, 1)
+        pooled = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        out, _ = self.o_proj(pooled.transpose(0, 1).reshape(q.shape[1], -1))
+        return out

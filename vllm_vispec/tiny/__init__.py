@@ -1,0 +1,58 @@
+"""Tiny LLaVA and Qwen2.5-VL targets with ViSpec drafts, built locally and cached.
+
+Used by the demo and the tests; nothing is downloaded. Builds are keyed by a hash of the
+builder sources, so a change to a builder rebuilds its models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..model.checkpoint import cache_root
+
+TARGETS = ("llava", "qwen2_5_vl")
+
+
+def _build_key() -> str:
+    here = Path(__file__).parent
+    sources = sorted(here.glob("*.py")) + [here.parent / "model" / "layout.py"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
+    return digest[:12]
+
+
+def _ensure(name: str, build) -> Path:
+    out = cache_root() / "tiny" / f"{name}-{_build_key()}"
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
+    try:
+        build(tmp)
+        os.rename(tmp, out)
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def tiny_target(kind: str) -> Path:
+    """Path of the tiny target ``kind`` ("llava" or "qwen2_5_vl"), built if needed."""
+    from .targets import build_tiny_llava, build_tiny_qwen25vl
+    builders = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen25vl}
+    if kind not in builders:
+        raise ValueError(f"unknown tiny target {kind!r}; choose from {TARGETS}")
+    return _ensure(kind, builders[kind])
+
+
+def tiny_draft(kind: str, num_q: int = 2, seed: int = 0) -> Path:
+    """A ViSpec draft for ``tiny_target(kind)`` in the published checkpoint layout."""
+    from .drafts import build_tiny_draft
+    target = tiny_target(kind)
+    return _ensure(f"{kind}-vispec-q{num_q}-s{seed}",
+                   lambda out: build_tiny_draft(target, out, seed=seed, num_q=num_q))

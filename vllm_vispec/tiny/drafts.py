@@ -1,0 +1,95 @@
+"""Tiny ViSpec drafts written in the published checkpoint layout (key names, config.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..model.layout import DraftDims, expected_shapes
+from .targets import RESIDUAL_SCALE
+
+
+def draft_dims_for(target: Path, num_q: int = 2) -> tuple[DraftDims, dict]:
+    cfg = json.loads((target / "config.json").read_text())
+    text = cfg.get("text_config", cfg)
+    qwen = cfg.get("model_type", "").startswith("qwen")
+    rope = text.get("rope_parameters") or {}
+    dims = DraftDims(
+        hidden_size=text["hidden_size"], num_heads=text["num_attention_heads"],
+        # ViSpec drafts use full multi-head attention even for GQA targets.
+        num_kv_heads=text["num_attention_heads"],
+        head_dim=text["hidden_size"] // text["num_attention_heads"],
+        intermediate_size=text["intermediate_size"], vocab_size=text["vocab_size"],
+        num_q=num_q, qkv_bias=qwen, fc_bias=True,
+        rms_norm_eps=1e-6 if qwen else 1e-5,
+        rope_theta=float(rope.get("rope_theta", 1e6 if qwen else 1e4)),
+        max_position_embeddings=2048,
+    )
+    return dims, cfg
+
+
+def published_config(dims: DraftDims, target_cfg: dict) -> dict:
+    """A config.json as the released drafts have it: Llama-like, with the target's
+    ``architectures``/``model_type`` copied in (vllm-vispec ignores both)."""
+    return {
+        "architectures": target_cfg.get("architectures"),
+        "model_type": target_cfg.get("model_type"),
+        "hidden_size": dims.hidden_size,
+        "num_attention_heads": dims.num_heads,
+        "num_key_value_heads": dims.num_kv_heads,
+        "intermediate_size": dims.intermediate_size,
+        "vocab_size": dims.vocab_size,
+        "num_hidden_layers": 1,
+        "rms_norm_eps": dims.rms_norm_eps,
+        "rope_theta": dims.rope_theta,
+        "rope_scaling": None,
+        "max_position_embeddings": dims.max_position_embeddings,
+        "hidden_act": "silu",
+        "qkv_bias": dims.qkv_bias,
+        "bias": dims.fc_bias,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+    }
+
+
+def draft_weights(dims: DraftDims, target_embed: torch.Tensor, seed: int,
+                  identity_fc: bool = True) -> dict[str, torch.Tensor]:
+    """Weights in the published layout.
+
+    With ``identity_fc`` the fc passes the token embedding through (plus a little noise)
+    and the layer adds little, so the draft proposes the target's preferred successor of
+    each token and gets a share of its tokens accepted. ``img_fc`` starts as ViSpec
+    initialises it: ``[I | 0]`` with zero bias.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    h = dims.hidden_size
+    out = {}
+    for key, shape in expected_shapes(dims).items():
+        out[key] = torch.randn(shape, generator=gen) * 0.02
+    out["embed_tokens.weight"] = target_embed.clone().float()
+    out["layers.0.post_attention_layernorm.weight"] = torch.ones(h)
+    out["imadpt.q"] = torch.randn(out["imadpt.q"].shape, generator=gen) * dims.head_dim ** -0.5
+    for key in ("layers.0.self_attn.o_proj.weight", "layers.0.mlp.down_proj.weight"):
+        out[key] *= RESIDUAL_SCALE
+    eye_zero = torch.cat((torch.eye(h), torch.zeros(h, h)), dim=1)
+    out["img_fc.weight"] = eye_zero.clone()
+    if identity_fc:
+        out["fc.weight"] = eye_zero + torch.randn(h, 2 * h, generator=gen) * 0.007
+    if dims.fc_bias:
+        out["fc.bias"] = torch.zeros(h)
+        out["img_fc.bias"] = torch.zeros(h)
+    return out
+
+
+def build_tiny_draft(target: Path, out: Path, seed: int = 0, num_q: int = 2,
+                     identity_fc: bool = True) -> None:
+    dims, target_cfg = draft_dims_for(target, num_q)
+    (embed,) = [v for k, v in load_file(target / "model.safetensors").items()
+                if k.endswith("embed_tokens.weight")]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(published_config(dims, target_cfg), indent=2))
+    save_file(draft_weights(dims, embed, seed, identity_fc), out / "model.safetensors",
+              metadata={"format": "pt"})
