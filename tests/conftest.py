@@ -1,0 +1,33 @@
+"""Shared test set-up: offline, tiny local models, repo-local caches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_VISPEC_CACHE_DIR", str(ROOT / ".cache" / "vllm_vispec"))
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# Triton's interpreter is for the kernel tests alone; it must not leak into vLLM.
+os.environ.pop("TRITON_INTERPRET", None)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def baseline():
+    """Greedy outputs of each tiny target without speculation, computed once per session."""
+    from prompts import conversations
+    from vllm_runs import greedy_chat, offline_llm
+
+    cache: dict[str, dict] = {}
+
+    def get(kind: str) -> dict[str, tuple[list[int], str]]:
+        if kind not in cache:
+            with offline_llm(kind) as llm:
+                cache[kind] = greedy_chat(llm, conversations())
+        return cache[kind]
+
+    return get

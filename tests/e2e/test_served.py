@@ -1,0 +1,47 @@
+"""Lossless output through `vllm serve`: concurrent OpenAI chat requests with base64
+images, vispec vs the offline run without speculation, token for token."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prompts import conversations
+from vllm_runs import MAX_TOKENS, vispec_config
+
+from vllm_vispec.serve_process import VllmServer
+from vllm_vispec.tiny import tiny_target
+
+SERVE_ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
+              "--max-num-seqs", "8", "--served-model-name", "tiny",
+              "--limit-mm-per-prompt", json.dumps({"image": 2})]
+
+
+def chat(server: VllmServer, messages: list[dict]) -> dict:
+    return server.post("/v1/chat/completions", {
+        "model": "tiny", "messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS,
+        "ignore_eos": True, "return_token_ids": True})
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
+def test_served_vispec_matches_no_speculation(kind, k, baseline, tmp_path):
+    expected = baseline(kind)
+    convs = conversations()
+    args = ["--speculative-config", json.dumps(vispec_config(kind, k)), *SERVE_ARGS]
+    # vLLM's default layout: API server, engine core and worker in separate processes.
+    with VllmServer(str(tiny_target(kind)), args, log_path=tmp_path / "server.log",
+                    env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}) as server:
+        with ThreadPoolExecutor(max_workers=len(convs)) as pool:
+            replies = dict(zip(convs, pool.map(lambda c: chat(server, c), convs.values())))
+        alone = chat(server, convs["two_images"])
+        counters = server.spec_decode_counters()
+
+    for name, reply in replies.items():
+        choice = reply["choices"][0]
+        assert choice["token_ids"] == expected[name][0], f"{name} differs when served"
+        assert choice["message"]["content"] == expected[name][1]
+    assert alone["choices"][0]["token_ids"] == expected["two_images"][0]
+    assert counters["num_draft_tokens"] > 0
+    assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"]

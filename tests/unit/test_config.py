@@ -1,0 +1,46 @@
+"""Validation of the vispec speculative config."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_vispec.config import check_model_runner, is_vispec, validate_options
+
+
+def test_is_vispec():
+    assert is_vispec({"method": "vispec"})
+    assert not is_vispec({"method": "eagle"}) and not is_vispec(None)
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match=r"unknown vispec option\(s\) \['num_q_tokens'\]"):
+        validate_options({"method": "vispec", "model": "x", "num_speculative_tokens": 2,
+                          "num_q_tokens": 3})
+
+
+@pytest.mark.parametrize("n", [None, 0, -1, "3", True])
+def test_num_speculative_tokens_must_be_a_positive_int(n):
+    spec = {"method": "vispec", "model": "x"}
+    if n is not None:
+        spec["num_speculative_tokens"] = n
+    with pytest.raises(ValueError, match="num_speculative_tokens.*positive integer"):
+        validate_options(spec)
+
+
+def test_parallel_drafting_is_refused():
+    with pytest.raises(ValueError, match="does not support 'parallel_drafting'"):
+        validate_options({"method": "vispec", "model": "x", "num_speculative_tokens": 2,
+                          "parallel_drafting": True})
+
+
+def test_vllm_options_pass_through():
+    validate_options({"method": "vispec", "model": "x", "num_speculative_tokens": 2,
+                      "draft_tensor_parallel_size": 1, "max_model_len": 512})
+
+
+def test_model_runner_v2_is_refused(monkeypatch):
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(ValueError, match="classic \\(V1\\) model runner only"):
+        check_model_runner()
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    check_model_runner()
