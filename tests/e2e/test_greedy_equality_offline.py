@@ -18,6 +18,10 @@ def test_vispec_matches_no_speculation(kind, k, baseline):
         for name, conv in convs.items():
             single.update(greedy_chat(llm, {name: conv}))
         counters = spec_counters(llm)
+        drafter = llm.llm_engine.model_executor.driver_worker.worker.model_runner.drafter
+        had_image_state = bool(drafter.image_store.per_request)
+        greedy_chat(llm, {"after": convs["text"]})  # a later step frees ended requests
+        leftover = set(drafter.image_store.per_request)
 
     assert len(convs) >= 4  # a batch of at least four concurrent requests
     for name in convs:
@@ -28,3 +32,5 @@ def test_vispec_matches_no_speculation(kind, k, baseline):
     assert counters["num_draft_tokens"] > 0
     assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"]
     assert len(counters["num_accepted_tokens_per_pos"]) == k
+    # Image state existed for the image requests and was freed once they ended.
+    assert had_image_state and not leftover

@@ -23,6 +23,7 @@ from vllm.model_executor.models.utils import _merge_multimodal_embeddings
 from .hf_config import dims_from_hf_config
 from .layers import DraftDecoderLayer, ImageAdaptor
 from .layout import check_shapes
+from .step_inputs import DraftStepInputs
 
 # Checkpoint names of the projections vLLM stores fused, with their shard ids.
 _STACKED = (
@@ -50,6 +51,8 @@ class VispecDraftModel(nn.Module):
         self.fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.fc")
         self.img_fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.img_fc")
         self.imadpt = ImageAdaptor(dims, prefix=f"{prefix}.imadpt")
+        # Set by the proposer right before each forward, consumed by it.
+        self.step: DraftStepInputs | None = None
 
     def fuse_features(self, input_embeds: torch.Tensor, hidden_states: torch.Tensor,
                       global_image: torch.Tensor) -> torch.Tensor:
@@ -58,14 +61,18 @@ class VispecDraftModel(nn.Module):
         fused, _ = self.fc(torch.cat((input_embeds, feature), dim=-1))
         return fused
 
-    def forward(self, input_embeds: torch.Tensor, positions: torch.Tensor,
-                hidden_states: torch.Tensor) -> torch.Tensor:
-        # No image state yet: every slot fuses the zero global vector (ViSpec's value
-        # before the first image).
+    def forward(self, input_embeds: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        step, self.step = self.step, None
         global_image = hidden_states.new_zeros(hidden_states.shape)
+        if step is not None:
+            global_image[:step.num_tokens] = step.global_vectors.to(global_image.dtype)
         x = self.fuse_features(input_embeds, hidden_states, global_image)
+        if step is not None and step.replace_index is not None:
+            # Compressed image tokens enter the layer directly (no fc, no target feature).
+            x[step.replace_index] = step.replace_rows.to(x.dtype)
+        meta = step.attention if step is not None else None
         for layer in self.layers:
-            x = layer(positions, x)
+            x = layer(x, meta)
         return x
 
 
@@ -98,7 +105,9 @@ class EagleVispecForCausalLM(nn.Module, SupportsMultiModalEmbeddings):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if inputs_embeds is None:
             inputs_embeds = self.embed_input_ids(input_ids)
-        out = self.model(inputs_embeds, positions, hidden_states)
+        # Positions come with the step's attention metadata: ViSpec's draft uses 1-D token
+        # positions even when the target uses M-RoPE.
+        out = self.model(inputs_embeds, hidden_states)
         # No final norm: the draft's output is both its feature and what lm_head scores.
         return out, out
 

@@ -12,11 +12,19 @@ from vllm.model_executor.layers.linear import (MergedColumnParallelLinear, QKVPa
                                                ReplicatedLinear, RowParallelLinear)
 from vllm.model_executor.layers.rotary_embedding import get_rope
 
+from .compressed_attention import (CompressedAttentionMetadata, compressed_paged_attention,
+                                   paged_kv_views, write_kv)
 from .layout import DraftDims
 
 
 class DraftAttention(nn.Module):
-    """Multi-head self-attention with RoPE over the draft layer's paged KV cache."""
+    """Multi-head self-attention with RoPE over the draft layer's paged KV cache, in
+    ViSpec's compressed layout (see compressed_attention.py).
+
+    ``self.attn`` is a vLLM attention layer so that vLLM allocates and manages this
+    layer's paged cache (blocks, prefix caching, preemption); the draft reads and writes
+    that cache itself.
+    """
 
     def __init__(self, dims: DraftDims, vllm_config: VllmConfig, prefix: str) -> None:
         super().__init__()
@@ -34,15 +42,29 @@ class DraftAttention(nn.Module):
             dims.head_dim, max_position=dims.max_position_embeddings,
             rope_parameters={"rope_type": "default", "rope_theta": dims.rope_theta},
             is_neox_style=True)
-        self.attn = Attention(dims.num_heads, dims.head_dim, dims.head_dim**-0.5,
+        self.scale = dims.head_dim**-0.5
+        self.attn = Attention(dims.num_heads, dims.head_dim, self.scale,
                               num_kv_heads=dims.num_kv_heads,
                               cache_config=vllm_config.cache_config, prefix=f"{prefix}.attn")
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        qkv, _ = self.qkv_proj(x)
+    def forward(self, x: torch.Tensor,
+                meta: CompressedAttentionMetadata | None) -> torch.Tensor:
+        if meta is None:  # vLLM's warm-up and profiling runs: no batch, no cache writes
+            out, _ = self.o_proj(torch.zeros_like(x[:, :self.q_size]))
+            return out
+        n = meta.query_positions.shape[0]
+        qkv, _ = self.qkv_proj(x[:n])
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.rotary_emb(positions, q, k)
-        out, _ = self.o_proj(self.attn(q, k, v))
+        q, k = self.rotary_emb(meta.query_positions, q, k)
+        q = q.view(n, self.num_heads, self.head_dim)
+        k = k.reshape(n, self.num_kv_heads, self.head_dim)
+        v = v.reshape(n, self.num_kv_heads, self.head_dim)
+        key_cache, value_cache = paged_kv_views(self.attn.kv_cache)
+        write_kv(key_cache, value_cache, k, v, meta.slot_mapping)
+        attn = compressed_paged_attention(q, key_cache, value_cache, meta, self.scale)
+        out, _ = self.o_proj(attn.reshape(n, self.q_size))
+        if n < x.shape[0]:  # rows vLLM padded the batch with
+            out = torch.cat((out, out.new_zeros(x.shape[0] - n, out.shape[1])))
         return out
 
 
@@ -71,8 +93,9 @@ class DraftDecoderLayer(nn.Module):
         self.mlp = DraftMLP(dims, prefix=f"{prefix}.mlp")
         self.post_attention_layernorm = RMSNorm(dims.hidden_size, eps=dims.rms_norm_eps)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        attn = self.self_attn(positions, x)
+    def forward(self, x: torch.Tensor,
+                meta: CompressedAttentionMetadata | None) -> torch.Tensor:
+        attn = self.self_attn(x, meta)
         h, residual = self.post_attention_layernorm(attn, x)
         return self.mlp(h) + residual
 

@@ -4,14 +4,16 @@
 |---|---|---|
 | speculative_method_vispec | EngineArgs.create_speculative_config | vLLM can register a speculative method |
 | classic_runner_for_vispec | VllmConfig._get_v2_model_runner_unsupported_features | our Model Runner V2 speculator exists |
+| vispec_proposer | EagleProposer.__new__ | vLLM lets a plugin provide the proposer of a method |
 """
 
 from __future__ import annotations
 
-from . import runner_selection, speculative_method
+from . import proposer_selection, runner_selection, speculative_method
 from .registry import Patch
 
-PATCHES: tuple[Patch, ...] = (speculative_method.PATCH, runner_selection.PATCH)
+PATCHES: tuple[Patch, ...] = (speculative_method.PATCH, runner_selection.PATCH,
+                              proposer_selection.PATCH)
 
 
 def apply_all() -> None:

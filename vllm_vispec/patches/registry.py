@@ -44,6 +44,9 @@ class Patch:
         if hasattr(original, MARKER):
             raise RuntimeError(f"{self.target} is already patched by "
                                f"{getattr(original, MARKER)!r}; cannot apply {self.name!r}")
-        wrapper = functools.wraps(original)(self.make_wrapper(original))
-        setattr(wrapper, MARKER, self.name)
+        wrapper = self.make_wrapper(original)
+        # A staticmethod (e.g. a replacement __new__) carries the marker on its function.
+        func = wrapper.__func__ if isinstance(wrapper, staticmethod) else wrapper
+        functools.update_wrapper(func, original)
+        setattr(func, MARKER, self.name)
         setattr(owner, attr, wrapper)

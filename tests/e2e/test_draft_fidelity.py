@@ -1,0 +1,170 @@
+"""The plugin's draft computes ViSpec's draft: at every draft step, its tokens and logits
+equal the pure-PyTorch reference's.
+
+The reference is fed the target features vLLM computed (recorded per position, so any
+target numerics cancel out), the true token sequence, and whole images; it knows nothing of
+paging, batching or chunks. Covers text-only, one- and two-image prompts in one mixed
+batch, and chunked prefill small enough to split images across steps.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hf_target import image_spans, target_features
+from prompts import conversation_images, conversations
+from safetensors.torch import load_file
+from vllm_runs import greedy_params, offline_llm, vispec_config
+
+from vllm_vispec.model.checkpoint import read_draft
+from vllm_vispec.proposer import VispecProposer
+from vllm_vispec.reference import ReferenceDraft
+from vllm_vispec.tiny import tiny_draft
+
+NUM_SPEC = 3
+LOGIT_TOL = 1e-4  # fp32; same inputs, different summation order
+
+
+class DraftRecorder:
+    """Records what the draft saw (target feature and slot embedding per position) and
+    what it proposed (sampled position, tokens and logits) for every request."""
+
+    def __init__(self, monkeypatch):
+        self.features: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.proposals: list[dict] = []
+        propose = VispecProposer.propose
+        first_pass = VispecProposer.build_model_inputs_first_pass
+        sample = VispecProposer._sample_draft_tokens
+        rec = self
+
+        def recording_propose(proposer, **kw):  # vLLM's runner passes keywords only
+            cad = kw["common_attn_metadata"]
+            target_hidden_states = kw["target_hidden_states"]
+            n = kw["target_token_ids"].shape[0]
+            sample_at = kw["token_indices_to_sample"]
+            sample_at = (sample_at if sample_at is not None
+                         else cad.query_start_loc[1:] - 1).long()
+            positions = proposer._token_positions(cad, n)
+            qsl = cad.query_start_loc_cpu.tolist()
+            req_ids = list(proposer.vispec_runner.input_batch.req_ids[:cad.num_reqs])
+            proposer.recorded_logits = []
+            tokens = propose(proposer, **kw)
+            slot_embeds = proposer.recorded_slot_embeds
+            logits = torch.stack(proposer.recorded_logits, dim=1)  # [reqs, steps, vocab]
+            for r, req_id in enumerate(req_ids):
+                feats = rec.features.setdefault(req_id, {})
+                for t in range(qsl[r], qsl[r + 1]):  # later steps overwrite rejected ones
+                    feats[int(positions[t])] = (target_hidden_states[t].float().clone(),
+                                                slot_embeds[t])
+                rec.proposals.append(dict(req_id=req_id, position=int(positions[sample_at[r]]),
+                                          tokens=tokens[r].tolist(),
+                                          logits=logits[r].float()))
+            return tokens
+
+        def recording_first_pass(proposer, num_tokens, num_input_tokens, mm_embed_inputs):
+            out = first_pass(proposer, num_tokens, num_input_tokens, mm_embed_inputs)
+            proposer.recorded_slot_embeds = proposer.inputs_embeds[:num_tokens].float().clone()
+            return out
+
+        def recording_sample(proposer, hidden_states, sampling_metadata):
+            proposer.recorded_logits.append(proposer.model.compute_logits(hidden_states))
+            return sample(proposer, hidden_states, sampling_metadata)
+
+        monkeypatch.setattr(VispecProposer, "propose", recording_propose)
+        monkeypatch.setattr(VispecProposer, "build_model_inputs_first_pass",
+                            recording_first_pass)
+        monkeypatch.setattr(VispecProposer, "_sample_draft_tokens", recording_sample)
+
+    def reference_inputs(self, req_id, seq, p, image_positions, embed):
+        """Target features of tokens 0..p and input embeddings (images merged)."""
+        feats = self.features[req_id]
+        hidden = torch.stack([feats[j][0] for j in range(p + 1)])
+        embeds = embed[torch.tensor(seq[:p + 1])].clone()
+        for t in range(1, p + 1):
+            if t in image_positions:  # slot t-1 carried token t's image embedding
+                embeds[t] = feats[t - 1][1]
+        return embeds, hidden
+
+
+def draft_weights(kind: str):
+    dims, path = read_draft(tiny_draft(kind))
+    return dims, {k: v.float() for k, v in load_file(path).items()}
+
+
+def request_key(req_id: str, outputs) -> int:
+    (i,) = [i for i, o in enumerate(outputs)
+            if req_id == o.request_id or req_id.startswith(o.request_id + "-")]
+    return i
+
+
+SCHEDULES = {
+    "whole-prefill": {},
+    # 12 tokens a step for up to 4 requests: every image is split across steps.
+    "chunked-prefill": dict(max_num_batched_tokens=12, max_num_seqs=4),
+    # A KV cache of a few blocks: requests are preempted and recomputed, and their image
+    # state must come back right.
+    "preempted": dict(max_model_len=192, block_size=32, num_gpu_blocks_override=8),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
+def test_draft_tokens_and_logits_match_the_reference(kind, schedule, monkeypatch):
+    rec = DraftRecorder(monkeypatch)
+    convs = conversations()
+    with offline_llm(kind, vispec_config(kind, NUM_SPEC), **SCHEDULES[schedule]) as llm:
+        outputs = llm.chat(list(convs.values()), greedy_params(), use_tqdm=False)
+        preemptions = sum(m.value for m in llm.get_metrics()
+                          if m.name == "vllm:num_preemptions")
+        target = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        lm_head = target.get_language_model().lm_head.weight.float()
+        embed = target.get_language_model().model.embed_tokens.weight.float()
+    dims, weights = draft_weights(kind)
+    names = list(convs)
+
+    checked = {name: 0 for name in names}
+    worst = 0.0
+    for prop in rec.proposals:
+        i = request_key(prop["req_id"], outputs)
+        seq = list(outputs[i].prompt_token_ids) + list(outputs[i].outputs[0].token_ids)
+        spans = image_spans(kind, seq)
+        image_positions = {t for s in spans for t in range(s.start, s.end)}
+        p = prop["position"]
+        # Drafts of a chunk that ends inside an image are discarded by vLLM; the last
+        # step's drafts may run past the finished request.
+        if p + 2 > len(seq) or (p + 1) in image_positions:
+            continue
+        embeds, hidden = rec.reference_inputs(prop["req_id"], seq, p, image_positions, embed)
+        ref = ReferenceDraft(weights, dims, lm_head, embed)
+        tokens, logits = ref.propose(embeds, hidden, seq[p + 1],
+                                     [s for s in spans if s.end <= p + 1], NUM_SPEC)
+        # A chunk of a prompt still in prefill: vLLM keeps the draft's KV of this pass but
+        # discards its drafts, whose later steps may run over the prompt's image slots.
+        steps = 1 if p + 1 < len(outputs[i].prompt_token_ids) else NUM_SPEC
+        ref_logits = torch.stack(logits)[:steps]
+        diff = (prop["logits"][:steps] - ref_logits).abs().max().item()
+        worst = max(worst, diff)
+        assert diff <= LOGIT_TOL * max(1.0, ref_logits.abs().max().item()), (names[i], p, diff)
+        for step in range(steps):
+            top2 = ref_logits[step].topk(2).values
+            if (top2[0] - top2[1]).item() > 10 * LOGIT_TOL:  # not a near tie
+                assert prop["tokens"][step] == tokens[step], (names[i], p, step)
+        checked[names[i]] += 1
+    assert all(n >= 5 for n in checked.values()), checked
+    assert (preemptions > 0) == (schedule == "preempted"), preemptions
+    print(f"{kind} {schedule}: checked {checked}, worst logit diff {worst:.2e}, "
+          f"preemptions {preemptions}")
+
+
+def test_draft_consumes_post_norm_target_features(monkeypatch):
+    """The features vLLM hands the draft are the target's post-norm last hidden states
+    (checked against HF transformers on an image prompt)."""
+    rec = DraftRecorder(monkeypatch)
+    convs = {"one_image": conversations()["one_image"]}
+    with offline_llm("llava", vispec_config("llava", NUM_SPEC)) as llm:
+        (out,) = llm.chat(list(convs.values()), greedy_params(), use_tqdm=False)
+    seq = list(out.prompt_token_ids) + list(out.outputs[0].token_ids)
+    _, hf_hidden, _, _ = target_features("llava", seq, conversation_images()["one_image"])
+    (feats,) = rec.features.values()
+    ours = torch.stack([feats[j][0] for j in range(len(seq) - 1)])
+    torch.testing.assert_close(ours, hf_hidden[:len(seq) - 1], rtol=1e-3, atol=1e-3)
