@@ -9,8 +9,11 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_VISPEC_CACHE_DIR", str(ROOT / ".cache" / "vllm_vispec"))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-# Triton's interpreter is for the kernel tests alone; it must not leak into vLLM.
-os.environ.pop("TRITON_INTERPRET", None)
+# Triton's interpreter is for the kernel tests alone, which run in a pytest process of
+# their own (VISPEC_KERNEL_TESTS=1, see scripts/test.sh); it must not leak into vLLM.
+if os.environ.get("VISPEC_KERNEL_TESTS") != "1":
+    os.environ.pop("TRITON_INTERPRET", None)
+    collect_ignore = ["kernels"]
 
 
 import pytest  # noqa: E402

@@ -50,13 +50,20 @@ def image_slots(mm_features, num_q: int) -> list[ImageSlots]:
     return out
 
 
-def kept_positions(images: list[ImageSlots], seq_len: int, device) -> torch.Tensor:
-    """Positions ``[0, seq_len)`` that the draft attends to: all but the dropped slots."""
-    keep = torch.ones(seq_len, dtype=torch.bool)
-    for image in images:
+def kept_intervals(images: list[ImageSlots], seq_len: int) -> list[tuple[int, int]]:
+    """Half-open intervals of positions ``[0, seq_len)`` that the draft attends to: all
+    but the dropped image slots."""
+    out, cursor = [], 0
+    for image in images:  # in prompt order, disjoint
         d = image.dropped
-        keep[d.start:min(d.stop, seq_len)] = False
-    return keep.nonzero().squeeze(1).to(device)
+        if d.start >= seq_len:
+            break
+        if d.start > cursor:
+            out.append((cursor, d.start))
+        cursor = max(cursor, d.stop)
+    if cursor < seq_len:
+        out.append((cursor, seq_len))
+    return out
 
 
 class ImageStateStore:

@@ -17,7 +17,7 @@ import torch
 from vllm.logger import init_logger
 from vllm.v1.spec_decode.eagle import EagleProposer
 
-from .image_state import ImageSlots, ImageStateStore, ImageSummary, image_slots, kept_positions
+from .image_state import ImageSlots, ImageStateStore, ImageSummary, image_slots, kept_intervals
 from .model.compressed_attention import CompressedAttentionMetadata
 from .model.step_inputs import DraftStepInputs
 
@@ -98,13 +98,26 @@ class VispecProposer(EagleProposer):
         num_tokens = qsl[-1]
         seq_lens = cad.seq_lens.cpu().tolist()
         device = cad.seq_lens.device
+        intervals = [kept_intervals(images, seq_lens[r])
+                     for r, (_, images) in enumerate(self._batch)]
+        flat = [iv for req in intervals for iv in req]
+        cu_kept = [0]
+        for req in intervals:
+            cu_kept.append(cu_kept[-1] + len(req))
+        query_lens = torch.tensor(qsl[1:]) - torch.tensor(qsl[:-1])
+
+        def int32(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int32).to(device)
         self._attention = CompressedAttentionMetadata(
             query_start_loc=qsl,
             query_positions=self.positions[:num_tokens].long(),
+            token_req=torch.repeat_interleave(
+                torch.arange(len(query_lens), dtype=torch.int32), query_lens).to(device),
             slot_mapping=cad.slot_mapping[:num_tokens],
             block_table=cad.block_table_tensor,
-            kept_positions=[kept_positions(images, seq_lens[r], device)
-                            for r, (_, images) in enumerate(self._batch)],
+            kept_starts=int32([a for a, _ in flat]),
+            kept_ends=int32([b for _, b in flat]),
+            cu_kept=int32(cu_kept),
         )
         if draft_index > 0:
             # Further draft steps: one new slot per request, all text.

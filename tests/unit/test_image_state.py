@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from vllm_vispec.image_state import ImageStateStore, ImageSummary, image_slots, kept_positions
+from vllm_vispec.image_state import ImageStateStore, ImageSummary, image_slots, kept_intervals
 
 
 def feature(offset, length, identifier="img", modality="image"):
@@ -38,11 +38,12 @@ def test_videos_are_not_compressed():
     assert image_slots([feature(3, 8, modality="video")], num_q=2) == []
 
 
-def test_kept_positions_skip_dropped_slots_only():
+def test_kept_intervals_skip_dropped_slots_only():
     images = image_slots([feature(2, 4, "a"), feature(9, 3, "b")], num_q=2)
     # a: slots 1..4, keeps 4; b: slots 8..10, keeps 10.
-    assert kept_positions(images, 14, "cpu").tolist() == [0, 4, 5, 6, 7, 10, 11, 12, 13]
-    assert kept_positions(images, 3, "cpu").tolist() == [0]
+    assert kept_intervals(images, 14) == [(0, 1), (4, 8), (10, 14)]
+    assert kept_intervals(images, 3) == [(0, 1)]
+    assert kept_intervals([], 5) == [(0, 5)]
 
 
 def test_store_finds_summaries_by_content_and_frees_ended_requests():

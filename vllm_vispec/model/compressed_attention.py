@@ -15,18 +15,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from ..kernels.compressed_attention import (compressed_paged_attention_ref,
+                                            compressed_paged_attention_triton, kernel_supports)
 
 
 @dataclass
 class CompressedAttentionMetadata:
-    """One forward's view of the batch (host lists are small: one entry per request)."""
+    """One forward's view of the batch."""
 
     query_start_loc: list[int]  # [num_reqs + 1] token offsets of each request's queries
     query_positions: torch.Tensor  # [num_tokens] position (target index space) per query
+    token_req: torch.Tensor  # [num_tokens] int32 request index per query
     slot_mapping: torch.Tensor  # [num_tokens] paged slot for each new K/V (< 0: skip)
     block_table: torch.Tensor  # [num_reqs, max_blocks]
-    kept_positions: list[torch.Tensor]  # per request: key positions to read, ascending
+    # Kept positions as half-open intervals: request r's are [cu_kept[r], cu_kept[r + 1]).
+    kept_starts: torch.Tensor  # int32
+    kept_ends: torch.Tensor  # int32
+    cu_kept: torch.Tensor  # [num_reqs + 1] int32
 
     @property
     def num_reqs(self) -> int:
@@ -62,33 +68,13 @@ def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tens
     value_cache[slots // block_size, slots % block_size] = value[valid].to(value_cache.dtype)
 
 
-def compressed_paged_attention_torch(query: torch.Tensor, key_cache: torch.Tensor,
-                                     value_cache: torch.Tensor,
-                                     meta: CompressedAttentionMetadata,
-                                     scale: float) -> torch.Tensor:
-    """Reference path. ``query`` [num_tokens, heads, head_dim] -> same shape."""
-    out = torch.zeros_like(query)
-    block_size = key_cache.shape[1]
-    for r in range(meta.num_reqs):
-        start, end = meta.query_start_loc[r], meta.query_start_loc[r + 1]
-        kept = meta.kept_positions[r]
-        if end == start or kept.numel() == 0:
-            continue
-        blocks = meta.block_table[r, kept // block_size].long()
-        keys = key_cache[blocks, kept % block_size].to(query.dtype).transpose(0, 1)
-        values = value_cache[blocks, kept % block_size].to(query.dtype).transpose(0, 1)
-        visible = kept[None, :] <= meta.query_positions[start:end, None]
-        attn = F.scaled_dot_product_attention(
-            query[start:end].transpose(0, 1), keys, values, attn_mask=visible, scale=scale,
-            enable_gqa=keys.shape[0] != query.shape[1])
-        # A query with no visible key (only a dropped slot can be one) gets zeros; its
-        # output is never used.
-        out[start:end] = torch.nan_to_num(attn.transpose(0, 1), nan=0.0)
-    return out
-
-
 def compressed_paged_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                value_cache: torch.Tensor, meta: CompressedAttentionMetadata,
                                scale: float) -> torch.Tensor:
-    """The dispatch point for the draft's attention step."""
-    return compressed_paged_attention_torch(query, key_cache, value_cache, meta, scale)
+    """The dispatch point for the draft's attention step: the Triton kernel where it can
+    run (CUDA), its PyTorch reference elsewhere."""
+    args = (query, key_cache, value_cache, meta.block_table, meta.token_req,
+            meta.query_positions, meta.kept_starts, meta.kept_ends, meta.cu_kept, scale)
+    if query.is_cuda and kernel_supports(query, key_cache):
+        return compressed_paged_attention_triton(*args)
+    return compressed_paged_attention_ref(*args)

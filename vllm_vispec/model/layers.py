@@ -12,6 +12,8 @@ from vllm.model_executor.layers.linear import (MergedColumnParallelLinear, QKVPa
                                                ReplicatedLinear, RowParallelLinear)
 from vllm.model_executor.layers.rotary_embedding import get_rope
 
+from ..kernels._triton import triton_usable
+from ..kernels.image_compression import compress_images, fold_queries
 from .compressed_attention import (CompressedAttentionMetadata, compressed_paged_attention,
                                    paged_kv_views, write_kv)
 from .layout import DraftDims
@@ -117,9 +119,12 @@ class ImageAdaptor(nn.Module):
         self.k_proj = ReplicatedLinear(h, h, bias=dims.qkv_bias, prefix=f"{prefix}.k_proj")
         self.v_proj = ReplicatedLinear(h, h, bias=dims.qkv_bias, prefix=f"{prefix}.v_proj")
         self.o_proj = ReplicatedLinear(h, h, bias=False, prefix=f"{prefix}.o_proj")
+        self._folded_queries: torch.Tensor | None = None
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """``image_embeds`` [n, H] of one image -> [num_q, H]."""
+        if triton_usable(image_embeds) and image_embeds.is_cuda:
+            return self._fused(image_embeds)
         n = image_embeds.shape[0]
         k, _ = self.k_proj(image_embeds)
         v, _ = self.v_proj(image_embeds)
@@ -129,3 +134,15 @@ class ImageAdaptor(nn.Module):
         pooled = torch.nn.functional.scaled_dot_product_attention(q, k, v)
         out, _ = self.o_proj(pooled.transpose(0, 1).reshape(q.shape[1], -1))
         return out
+
+    def _fused(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The same output through the fused kernel (kernels/image_compression.py): the key
+        projection is folded into the learned queries once, after loading."""
+        if self._folded_queries is None:
+            self._folded_queries = fold_queries(self.q.data, self.k_proj.weight.data)
+        n = image_embeds.shape[0]
+        cu = torch.tensor([0, n], dtype=torch.int32, device=image_embeds.device)
+        out = compress_images(image_embeds, cu, self._folded_queries, self.q.shape[0],
+                              self.v_proj.weight, self.v_proj.bias, self.o_proj.weight,
+                              max_tokens=n, use_kernel=True)
+        return out[0].to(image_embeds.dtype)

@@ -1,0 +1,173 @@
+"""Kernel benchmarks: time and bytes read of ViSpec's compressed-image steps.
+
+1. Image compression: the adaptor as written (K/V projections over every image row)
+   against the folded path (scores straight from the embeddings, V/O projections on the
+   pooled rows), in PyTorch and, on CUDA, with the fused Triton kernel.
+2. Draft attention: over the compressed layout (text + one slot per image) against
+   attention over the full, uncompressed KV, for several text and image lengths.
+
+Sizes default to LLaVA-1.6-7B (H 4096, 32 heads, 2,880 image tokens) and Qwen2.5-VL-7B
+(H 3584, 28 heads). On a machine without CUDA the Triton kernels do not run (Triton has no
+CPU backend); the PyTorch paths still do, at the same sizes. Writes JSON, e.g.
+
+    python benchmarks/kernels.py --out benchmarks/results/kernels-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from vllm_vispec.kernels._triton import triton_usable
+from vllm_vispec.kernels.compressed_attention import (compressed_paged_attention_ref,
+                                                      compressed_paged_attention_triton)
+from vllm_vispec.kernels.image_compression import (compress_images, compress_images_unfused,
+                                                   fold_queries)
+
+MODELS = {
+    "llava-v1.6-vicuna-7b": dict(hidden=4096, heads=32, image_tokens=2880),
+    "qwen2.5-vl-7b": dict(hidden=3584, heads=28, image_tokens=1296),
+}
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn`` (after one warm-up call)."""
+    fn()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_compression(model: str, dims: dict, num_q: int, dtype, device, repeats: int):
+    h, heads, n = dims["hidden"], dims["heads"], dims["image_tokens"]
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape, scale=0.02):
+        return (torch.randn(*shape, generator=g) * scale).to(device, dtype)
+    w = dict(queries=rnd(num_q, heads, h // heads, scale=(h // heads) ** -0.5),
+             k_weight=rnd(h, h), k_bias=rnd(h), v_weight=rnd(h, h), v_bias=rnd(h),
+             o_weight=rnd(h, h))
+    embeds = rnd(n, h, scale=1.0)
+    cu = torch.tensor([0, n], dtype=torch.int32, device=device)
+    folded = fold_queries(w["queries"], w["k_weight"])
+    size = torch.tensor([], dtype=dtype).element_size()
+    weights = 3 * h * h * size
+    rows = heads * num_q
+    out = {"model": model, "num_q": num_q, "image_tokens": n, "dtype": str(dtype)}
+    out["unfused"] = dict(
+        seconds=timed(lambda: compress_images_unfused(embeds, cu, **w), repeats),
+        bytes_read=n * h * size + weights + 2 * n * h * size)  # E, W_k/W_v/W_o, K and V
+    out["folded_torch"] = dict(
+        seconds=timed(lambda: compress_images(embeds, cu, folded, num_q, w["v_weight"],
+                                              w["v_bias"], w["o_weight"], n,
+                                              use_kernel=False), repeats),
+        bytes_read=2 * n * h * size + 2 * h * h * size + rows * h * 4)
+    if triton_usable(embeds):
+        out["fused_triton"] = dict(
+            seconds=timed(lambda: compress_images(embeds, cu, folded, num_q, w["v_weight"],
+                                                  w["v_bias"], w["o_weight"], n,
+                                                  use_kernel=True), repeats),
+            bytes_read=out["folded_torch"]["bytes_read"])
+    for key in ("folded_torch", "fused_triton"):
+        if key in out:
+            out[key]["speedup_vs_unfused"] = out["unfused"]["seconds"] / out[key]["seconds"]
+    return out
+
+
+def attention_batch(dims: dict, text: int, image: int, batch: int, dtype, device,
+                    block_size: int = 16):
+    """Decode step: one query per request; each request = text + image + text."""
+    heads, hd = dims["heads"], dims["hidden"] // dims["heads"]
+    seq = text + image
+    blocks = -(-seq // block_size)
+    g = torch.Generator().manual_seed(1)
+    kc = torch.randn(batch * blocks, block_size, heads, hd, generator=g).to(device, dtype)
+    vc = torch.randn_like(kc)
+    table = torch.arange(batch * blocks, dtype=torch.int32).view(batch, blocks).to(device)
+    first = text // 2  # the image sits in the middle of the text
+    compressed = [(0, first), (first + image - 1, seq)]  # keeps one image slot
+
+    def flat(intervals):
+        starts = [a for _ in range(batch) for a, _ in intervals]
+        ends = [b for _ in range(batch) for _, b in intervals]
+        cu = [i * len(intervals) for i in range(batch + 1)]
+        return [torch.tensor(x, dtype=torch.int32, device=device) for x in (starts, ends, cu)]
+    common = dict(query=torch.randn(batch, heads, hd, generator=g).to(device, dtype),
+                  key_cache=kc, value_cache=vc, block_table=table,
+                  token_req=torch.arange(batch, dtype=torch.int32, device=device),
+                  query_positions=torch.full((batch,), seq - 1, dtype=torch.int32,
+                                             device=device),
+                  scale=hd ** -0.5)
+    return common, flat(compressed), flat([(0, seq)]), seq
+
+
+def bench_attention(model: str, dims: dict, text: int, image: int, batch: int, dtype, device,
+                    repeats: int):
+    common, comp, full, seq = attention_batch(dims, text, image, batch, dtype, device)
+    size = torch.tensor([], dtype=dtype).element_size()
+    per_pos = 2 * dims["hidden"] * size  # K and V of one position
+    kept = text + 1
+    out = {"model": model, "text_tokens": text, "image_tokens": image, "batch": batch,
+           "dtype": str(dtype),
+           "compressed_bytes_read": batch * kept * per_pos,
+           "full_bytes_read": batch * seq * per_pos}
+    impls = {"torch": compressed_paged_attention_ref}
+    if triton_usable(common["query"]):
+        impls["triton"] = compressed_paged_attention_triton
+    for name, fn in impls.items():
+        out[f"compressed_{name}_s"] = timed(
+            lambda: fn(**common, kept_starts=comp[0], kept_ends=comp[1], cu_kept=comp[2]),
+            repeats)
+        out[f"full_{name}_s"] = timed(
+            lambda: fn(**common, kept_starts=full[0], kept_ends=full[1], cu_kept=full[2]),
+            repeats)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per case (median)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
+    device_name = (torch.cuda.get_device_name() if args.device == "cuda"
+                   else f"CPU ({platform.processor() or platform.machine()}, "
+                        f"{torch.get_num_threads()} threads)")
+    results = {"device": device_name, "torch": torch.__version__,
+               "triton_kernels_ran": args.device == "cuda", "compression": [],
+               "attention": []}
+    for model in args.models:
+        dims = MODELS[model]
+        for num_q in (2, 17):
+            r = bench_compression(model, dims, num_q, dtype, args.device, args.repeats)
+            results["compression"].append(r)
+            print(json.dumps(r))
+        for text, image in ((128, 576), (128, 2880), (1024, 576), (1024, 2880)):
+            r = bench_attention(model, dims, text, image, 8, dtype, args.device, args.repeats)
+            results["attention"].append(r)
+            print(json.dumps(r))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

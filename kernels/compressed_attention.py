@@ -1,0 +1,139 @@
+"""Draft paged attention over ViSpec's compressed layout.
+
+The draft layer's KV cache is paged like vLLM's: ``key_cache``/``value_cache`` are
+``[num_blocks, block_size, kv_heads, head_dim]`` (any strides), ``block_table[r, i]`` is the
+cache block of request ``r``'s positions ``[i * block_size, (i + 1) * block_size)``. Each
+request reads only its *kept* positions, given as half-open intervals (text slots and each
+image's compressed slot); dropped image slots are never read. Queries attend causally by
+position (target index space). Works for decode (one query per request) and prefill/verify
+(many) alike: every query token carries its request index and position.
+
+No vLLM imports: this module runs wherever torch (and, for the kernel, Triton) does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import triton, tl, triton_usable
+
+
+def compressed_paged_attention_ref(query, key_cache, value_cache, block_table, token_req,
+                                   query_positions, kept_starts, kept_ends, cu_kept,
+                                   scale: float) -> torch.Tensor:
+    """PyTorch reference. ``query`` [T, heads, D] -> [T, heads, D].
+
+    ``token_req`` [T] request of each query; ``query_positions`` [T]; request ``r``'s kept
+    intervals are ``kept_starts/kept_ends[cu_kept[r]:cu_kept[r + 1]]``.
+    """
+    out = torch.zeros_like(query)
+    block_size = key_cache.shape[1]
+    group = query.shape[1] // key_cache.shape[2]
+    cu = cu_kept.tolist()
+    reqs = token_req.tolist()
+    for r in sorted(set(reqs)):
+        rows = (token_req == r).nonzero().squeeze(1)
+        kept = torch.cat([torch.arange(s, e) for s, e in zip(
+            kept_starts[cu[r]:cu[r + 1]].tolist(), kept_ends[cu[r]:cu[r + 1]].tolist())]
+            + [torch.zeros(0, dtype=torch.long)]).to(query.device)
+        if kept.numel() == 0:
+            continue
+        blocks = block_table[r, kept // block_size].long()
+        keys = key_cache[blocks, kept % block_size].float().transpose(0, 1)
+        values = value_cache[blocks, kept % block_size].float().transpose(0, 1)
+        if group > 1:
+            keys = keys.repeat_interleave(group, dim=0)
+            values = values.repeat_interleave(group, dim=0)
+        q = query[rows].float().transpose(0, 1)  # [heads, n, D]
+        scores = q @ keys.transpose(1, 2) * scale
+        visible = kept[None, :] <= query_positions[rows][:, None]
+        scores = scores.masked_fill(~visible[None], float("-inf"))
+        probs = torch.nan_to_num(scores.softmax(-1), nan=0.0)
+        out[rows] = (probs @ values).transpose(0, 1).to(query.dtype)
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _compressed_attention_kernel(
+        q_ptr, stride_qt, stride_qh,  # [T, heads, D]
+        k_ptr, stride_kb, stride_ks, stride_kh,  # [blocks, block_size, kv_heads, D]
+        v_ptr, stride_vb, stride_vs, stride_vh,
+        o_ptr, stride_ot, stride_oh,  # [T, heads, D]
+        block_table_ptr, stride_bt,  # [reqs, max_blocks]
+        token_req_ptr, qpos_ptr,  # [T], [T]
+        kept_start_ptr, kept_end_ptr, cu_kept_ptr,  # flat intervals, [reqs + 1]
+        scale,
+        GROUP: tl.constexpr, KV_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        # One program per (query token, query head): an online softmax over the kept
+        # positions of the token's request, interval by interval, tile by tile.
+        tok = tl.program_id(0)
+        head = tl.program_id(1)
+        kv_head = head // GROUP
+        req = tl.load(token_req_ptr + tok)
+        qpos = tl.load(qpos_ptr + tok)
+        d = tl.arange(0, HEAD_DIM)
+        q = tl.load(q_ptr + tok * stride_qt + head * stride_qh + d).to(tl.float32) * scale
+
+        m = tl.full((), float("-inf"), tl.float32)
+        l = tl.zeros((), tl.float32)
+        acc = tl.zeros((HEAD_DIM,), tl.float32)
+        iv_lo = tl.load(cu_kept_ptr + req)
+        iv_hi = tl.load(cu_kept_ptr + req + 1)
+        for iv in range(iv_lo, iv_hi):
+            start = tl.load(kept_start_ptr + iv)
+            end = tl.minimum(tl.load(kept_end_ptr + iv), qpos + 1)
+            for n0 in range(start, end, BLOCK_N):
+                pos = n0 + tl.arange(0, BLOCK_N)
+                valid = pos < end
+                block = tl.load(block_table_ptr + req * stride_bt + pos // KV_BLOCK,
+                                mask=valid, other=0)
+                slot = pos % KV_BLOCK
+                k = tl.load(k_ptr + block[:, None] * stride_kb + slot[:, None] * stride_ks
+                            + kv_head * stride_kh + d[None, :], mask=valid[:, None],
+                            other=0.0).to(tl.float32)
+                s = tl.sum(k * q[None, :], axis=1)
+                s = tl.where(valid, s, float("-inf"))
+                m_new = tl.maximum(m, tl.max(s, axis=0))
+                p = tl.exp(s - m_new)
+                alpha = tl.exp(m - m_new)
+                v = tl.load(v_ptr + block[:, None] * stride_vb + slot[:, None] * stride_vs
+                            + kv_head * stride_vh + d[None, :], mask=valid[:, None],
+                            other=0.0).to(tl.float32)
+                l = l * alpha + tl.sum(p, axis=0)
+                acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+                m = m_new
+        out = tl.where(l > 0, acc / tl.maximum(l, 1e-30), 0.0)
+        tl.store(o_ptr + tok * stride_ot + head * stride_oh + d,
+                 out.to(o_ptr.dtype.element_ty))
+
+
+def compressed_paged_attention_triton(query, key_cache, value_cache, block_table, token_req,
+                                      query_positions, kept_starts, kept_ends, cu_kept,
+                                      scale: float, block_n: int = 32) -> torch.Tensor:
+    num_tokens, heads, head_dim = query.shape
+    out = torch.empty_like(query)
+    if num_tokens == 0:
+        return out
+    _compressed_attention_kernel[(num_tokens, heads)](
+        query, query.stride(0), query.stride(1),
+        key_cache, key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache, value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        out, out.stride(0), out.stride(1),
+        block_table, block_table.stride(0),
+        token_req, query_positions, kept_starts, kept_ends, cu_kept,
+        scale,
+        GROUP=heads // key_cache.shape[2], KV_BLOCK=key_cache.shape[1],
+        HEAD_DIM=head_dim, BLOCK_N=block_n,
+    )
+    return out
+
+
+def kernel_supports(query: torch.Tensor, key_cache: torch.Tensor) -> bool:
+    """Whether the Triton kernel can serve these tensors here (else use the reference)."""
+    head_dim = query.shape[-1]
+    return (triton_usable(query) and head_dim & (head_dim - 1) == 0 and head_dim >= 16
+            and key_cache.stride(-1) == 1 and query.stride(-1) == 1)
