@@ -70,6 +70,12 @@ class VispecProposer(EagleProposer):
                     next_token_ids[i] = req.get_token_id(seq_lens[i])
         return next_token_ids, valid_count
 
+    def initialize_cudagraph_keys(self, cudagraph_mode) -> None:
+        # The draft's per-step inputs (image state, compressed-layout metadata) are built
+        # in Python for each pass: never capture it in a CUDA graph.
+        from vllm.config import CUDAGraphMode
+        super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
+
     def _set_positions(self, num_tokens: int, positions: torch.Tensor):
         # propose() already made them 1-D token positions.
         self.positions[:num_tokens] = positions
