@@ -114,13 +114,13 @@ class ReferenceDraft:
         return out @ self.lm_head.T  # no final norm
 
     # ---- sequences -----------------------------------------------------------------------
-    def prefill(self, input_embeds: torch.Tensor, hidden: torch.Tensor, next_embed: torch.Tensor,
-                images: list[ImageSpan]) -> torch.Tensor:
-        """Draft over a whole prompt (and accepted tokens) of ``L`` target tokens.
+    def sequence(self, input_embeds: torch.Tensor, hidden: torch.Tensor,
+                 next_embed: torch.Tensor, images: list[ImageSpan]) -> torch.Tensor:
+        """The draft over ``L`` target tokens at once: its output per slot, [L, H].
 
         ``input_embeds`` [L, H]: the target's input embeddings (image features merged);
         ``hidden`` [L, H]: the target's post-norm last hidden states; ``next_embed`` [H]:
-        the embedding of the token the target just sampled. Returns the last slot's output.
+        the embedding of the token after the last one. Dropped image slots get zero rows.
         """
         length, h = hidden.shape
         slot_embeds = torch.cat((input_embeds[1:], next_embed[None]))  # e_{j+1} per slot j
@@ -143,12 +143,18 @@ class ReferenceDraft:
         g_per_slot[cursor:] = g
         self.global_vector = g
         x = self.fuse(slot_embeds, hidden, g_per_slot)
-        keep = [j for j in range(length) if j not in dropped]
-        for slot, row in compressed.items():
-            x[slot] = row
-        out = self.layer(x[keep], torch.tensor(keep))
+        if compressed:
+            slots = torch.tensor(list(compressed))
+            x = x.index_put((slots,), torch.stack(list(compressed.values())))
+        keep = torch.tensor([j for j in range(length) if j not in dropped])
+        out = hidden.new_zeros(length, h).index_put((keep,), self.layer(x[keep], keep))
         self.next_position = length
-        return out[-1]
+        return out
+
+    def prefill(self, input_embeds: torch.Tensor, hidden: torch.Tensor, next_embed: torch.Tensor,
+                images: list[ImageSpan]) -> torch.Tensor:
+        """:meth:`sequence` over a prompt (and accepted tokens); the last slot's output."""
+        return self.sequence(input_embeds, hidden, next_embed, images)[-1]
 
     def step(self, token: int, previous_out: torch.Tensor) -> torch.Tensor:
         """One draft step: the drafted ``token`` with the draft's own previous feature."""

@@ -15,7 +15,8 @@ from vllm_runs import vispec_config
 from vllm_vispec.model.layout import DraftDims
 from vllm_vispec.serve_process import VllmServer
 from vllm_vispec.tiny import tiny_target
-from vllm_vispec.tiny.drafts import draft_weights, published_config
+from vllm_vispec.model.layout import published_config
+from vllm_vispec.tiny.drafts import draft_weights
 
 
 def make_llm(spec: dict):

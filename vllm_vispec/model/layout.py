@@ -118,3 +118,27 @@ def check_shapes(found: dict[str, tuple[int, ...]], d: DraftDims, where: str) ->
             f"(hidden {d.hidden_size}, {d.num_heads} heads, num_q {d.num_q}, "
             f"qkv_bias {d.qkv_bias}, fc bias {d.fc_bias}): " + "; ".join(problems)
         )
+
+
+def published_config(dims: DraftDims, target_cfg: dict) -> dict:
+    """A config.json as the released drafts have it: Llama-like, with the target's
+    ``architectures``/``model_type`` copied in (vllm-vispec ignores both)."""
+    return {
+        "architectures": target_cfg.get("architectures"),
+        "model_type": target_cfg.get("model_type"),
+        "hidden_size": dims.hidden_size,
+        "num_attention_heads": dims.num_heads,
+        "num_key_value_heads": dims.num_kv_heads,
+        "intermediate_size": dims.intermediate_size,
+        "vocab_size": dims.vocab_size,
+        "num_hidden_layers": 1,
+        "rms_norm_eps": dims.rms_norm_eps,
+        "rope_theta": dims.rope_theta,
+        "rope_scaling": None,
+        "max_position_embeddings": dims.max_position_embeddings,
+        "hidden_act": "silu",
+        "qkv_bias": dims.qkv_bias,
+        "bias": dims.fc_bias,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+    }

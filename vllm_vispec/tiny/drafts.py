@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..model.layout import DraftDims, expected_shapes
+from ..model.layout import DraftDims, expected_shapes, published_config
 from .targets import RESIDUAL_SCALE
 
 
@@ -29,30 +29,6 @@ def draft_dims_for(target: Path, num_q: int = 2) -> tuple[DraftDims, dict]:
         max_position_embeddings=2048,
     )
     return dims, cfg
-
-
-def published_config(dims: DraftDims, target_cfg: dict) -> dict:
-    """A config.json as the released drafts have it: Llama-like, with the target's
-    ``architectures``/``model_type`` copied in (vllm-vispec ignores both)."""
-    return {
-        "architectures": target_cfg.get("architectures"),
-        "model_type": target_cfg.get("model_type"),
-        "hidden_size": dims.hidden_size,
-        "num_attention_heads": dims.num_heads,
-        "num_key_value_heads": dims.num_kv_heads,
-        "intermediate_size": dims.intermediate_size,
-        "vocab_size": dims.vocab_size,
-        "num_hidden_layers": 1,
-        "rms_norm_eps": dims.rms_norm_eps,
-        "rope_theta": dims.rope_theta,
-        "rope_scaling": None,
-        "max_position_embeddings": dims.max_position_embeddings,
-        "hidden_act": "silu",
-        "qkv_bias": dims.qkv_bias,
-        "bias": dims.fc_bias,
-        "tie_word_embeddings": False,
-        "torch_dtype": "float32",
-    }
 
 
 def draft_weights(dims: DraftDims, target_embed: torch.Tensor, seed: int,

@@ -1,0 +1,120 @@
+"""``vispec-train``: make training data with the target, train a ViSpec draft, export it.
+
+  vispec-train data --target TARGET --out DATA            # the target answers prompts
+  vispec-train fit --target TARGET --data DATA --stage 1 --out STAGE1
+  vispec-train fit --target TARGET --data DATA --stage 2 --init STAGE1/draft --out STAGE2
+
+``fit`` exports ``OUT/draft`` in the published checkpoint layout, which
+``"method": "vispec", "model": "OUT/draft"`` loads as is. A stopped ``fit`` resumes from
+``OUT/checkpoint.pt`` when run again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..model.checkpoint import read_draft
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="vispec-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="generate training samples with the target",
+                       description="The target answers prompts greedily through vLLM "
+                       "(batched); its input embeddings and post-norm hidden states are then "
+                       "recorded by teacher forcing (HF transformers), one file per sample.")
+    d.add_argument("--target", type=Path, required=True, help="target VLM folder (HF format)")
+    d.add_argument("--out", type=Path, required=True, help="folder for sample_*.pt")
+    d.add_argument("--num-prompts", type=int, default=64, help="prompts to answer (%(default)s)")
+    d.add_argument("--max-tokens", type=int, default=64,
+                   help="tokens per answer (%(default)s)")
+    d.add_argument("--text-only", action="store_true",
+                   help="prompts without images (stage 1 data)")
+    d.add_argument("--seed", type=int, default=0, help="prompt and picture seed (%(default)s)")
+
+    f = sub.add_parser("fit", help="train a draft and export it",
+                       description="Stage 1 trains the EAGLE part on text (ViSpec's image "
+                       "modules stay as initialised); stage 2 trains everything with images, "
+                       "the L1-on-probabilities + ListMLE loss and self-rollout.")
+    f.add_argument("--target", type=Path, required=True, help="target VLM folder (HF format)")
+    f.add_argument("--data", type=Path, required=True, help="folder made by `data`")
+    f.add_argument("--out", type=Path, required=True,
+                   help="output folder: checkpoint.pt, history.json, draft/")
+    f.add_argument("--stage", type=int, choices=[1, 2], default=2, help="(%(default)s)")
+    f.add_argument("--init", type=Path, default=None,
+                   help="draft to start from (published layout), e.g. stage 1's export")
+    f.add_argument("--num-q", type=int, default=2,
+                   help="adaptor queries for a fresh draft: 1 compressed token + 1 global "
+                   "vector at 2 (%(default)s)")
+    f.add_argument("--epochs", type=int, default=3, help="(%(default)s)")
+    f.add_argument("--lr", type=float, default=3e-5, help="AdamW learning rate (%(default)s)")
+    f.add_argument("--rollout-steps", type=int, default=2,
+                   help="stage-2 self-rollout passes (%(default)s)")
+    f.add_argument("--feature-noise", type=float, default=0.2,
+                   help="uniform input-feature noise scale (%(default)s)")
+    f.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of samples held out for evaluation (%(default)s)")
+    f.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt")
+    f.add_argument("--seed", type=int, default=0, help="(%(default)s)")
+    return p.parse_args(argv)
+
+
+def run_data(args) -> None:
+    from .data import build_dataset, demo_prompts
+    prompts = demo_prompts(args.num_prompts, args.seed, images=not args.text_only)
+    paths = build_dataset(args.target, prompts, args.max_tokens, args.out)
+    print(f"[vispec-train] wrote {len(paths)} samples to {args.out}")
+
+
+def run_fit(args) -> dict:
+    from ..tiny.drafts import draft_dims_for
+    from .data import load_dataset
+    from .draft import TrainableDraft, initial_weights
+    from .export import export_draft
+    from .target_features import load_target
+    from .trainer import TrainConfig, evaluate, train
+
+    target_model, _ = load_target(str(args.target))
+    lm_head = target_model.get_output_embeddings().weight
+    embed = target_model.get_input_embeddings().weight
+    if args.init is not None:
+        dims, path = read_draft(args.init)
+        weights = load_file(path)
+    else:
+        dims, _ = draft_dims_for(args.target, args.num_q)
+        weights = initial_weights(dims, embed, args.seed)
+    samples = load_dataset(args.data)
+    n_eval = max(1, int(len(samples) * args.holdout)) if len(samples) > 1 else 0
+    held_out, samples = samples[:n_eval], samples[n_eval:]
+    model = TrainableDraft(dims, weights, lm_head)
+    cfg = TrainConfig(stage=args.stage, epochs=args.epochs, lr=args.lr,
+                      rollout_steps=args.rollout_steps, feature_noise=args.feature_noise,
+                      seed=args.seed)
+    before = evaluate(model, held_out, args.stage) if held_out else None
+    history = train(model, samples, cfg, args.out, resume=not args.no_resume)
+    after = evaluate(model, held_out, args.stage) if held_out else None
+    target_cfg = json.loads((args.target / "config.json").read_text())
+    draft = export_draft(model, target_cfg, args.out / "draft")
+    report = {"history": history, "held_out_before": before, "held_out_after": after,
+              "train_samples": len(samples), "held_out_samples": len(held_out),
+              "draft": str(draft)}
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"[vispec-train] exported {draft}; held-out before {before}, after {after}")
+    return report
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.command == "data":
+        run_data(args)
+    else:
+        run_fit(args)
+    return 0
