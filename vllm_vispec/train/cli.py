@@ -25,25 +25,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vispec-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", type=Path, required=True,
+                        help="target VLM folder (HF format)")
+    common.add_argument("--seed", type=int, default=0,
+                        help="seed of prompts, pictures and training (%(default)s)")
 
-    d = sub.add_parser("data", help="generate training samples with the target",
+    d = sub.add_parser("data", parents=[common], help="generate training samples with the target",
                        description="The target answers prompts greedily through vLLM "
                        "(batched); its input embeddings and post-norm hidden states are then "
                        "recorded by teacher forcing (HF transformers), one file per sample.")
-    d.add_argument("--target", type=Path, required=True, help="target VLM folder (HF format)")
     d.add_argument("--out", type=Path, required=True, help="folder for sample_*.pt")
     d.add_argument("--num-prompts", type=int, default=64, help="prompts to answer (%(default)s)")
     d.add_argument("--max-tokens", type=int, default=64,
                    help="tokens per answer (%(default)s)")
     d.add_argument("--text-only", action="store_true",
                    help="prompts without images (stage 1 data)")
-    d.add_argument("--seed", type=int, default=0, help="prompt and picture seed (%(default)s)")
 
-    f = sub.add_parser("fit", help="train a draft and export it",
+    f = sub.add_parser("fit", parents=[common], help="train a draft and export it",
                        description="Stage 1 trains the EAGLE part on text (ViSpec's image "
                        "modules stay as initialised); stage 2 trains everything with images, "
                        "the L1-on-probabilities + ListMLE loss and self-rollout.")
-    f.add_argument("--target", type=Path, required=True, help="target VLM folder (HF format)")
     f.add_argument("--data", type=Path, required=True, help="folder made by `data`")
     f.add_argument("--out", type=Path, required=True,
                    help="output folder: checkpoint.pt, history.json, draft/")
@@ -62,7 +64,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     f.add_argument("--holdout", type=float, default=0.1,
                    help="fraction of samples held out for evaluation (%(default)s)")
     f.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt")
-    f.add_argument("--seed", type=int, default=0, help="(%(default)s)")
     return p.parse_args(argv)
 
 
