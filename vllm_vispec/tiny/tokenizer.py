@@ -28,7 +28,8 @@ def training_corpus(seed: int = 0, n: int = 400) -> list[str]:
     return lines
 
 
-def train_tokenizer(special_tokens: list[str], vocab_size: int, seed: int = 0) -> Tokenizer:
+def train_tokenizer(special_tokens: list[str], vocab_size: int, seed: int = 0,
+                    corpus: list[str] | None = None) -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -38,7 +39,7 @@ def train_tokenizer(special_tokens: list[str], vocab_size: int, seed: int = 0) -
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(training_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(corpus or training_corpus(seed), trainer=trainer)
     return tok
 
 

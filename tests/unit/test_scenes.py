@@ -1,0 +1,30 @@
+"""The demo domain: scenes, pictures and descriptions that only the picture can tell."""
+
+from __future__ import annotations
+
+import random
+
+from vllm_vispec.tiny import scenes
+from vllm_vispec.tiny.demo_target import VOCAB
+from vllm_vispec.tiny.targets import LLAVA_SPECIALS
+from vllm_vispec.tiny.tokenizer import train_tokenizer
+
+
+def test_descriptions_are_long_and_name_every_item():
+    tok = train_tokenizer(LLAVA_SPECIALS, VOCAB, corpus=scenes.corpus(500))
+    rng = random.Random(0)
+    for _ in range(50):
+        scene = scenes.random_scene(rng)
+        text = scenes.describe(scene)
+        assert len(tok.encode(text).ids) >= 64
+        for item in scene:
+            assert f"{item.color} {item.shape} in {item.place()}" in text
+
+
+def test_pictures_show_each_item_in_its_cell():
+    scene = [scenes.Item("red", "square", 0, 0), scenes.Item("blue", "circle", 2, 2)]
+    img = scenes.draw(scene, 112)
+    cell = 112 // 3
+    assert img.getpixel((cell // 2, cell // 2)) == scenes.COLORS["red"]
+    assert img.getpixel((2 * cell + cell // 2, 2 * cell + cell // 2)) == scenes.COLORS["blue"]
+    assert img.getpixel((cell + cell // 2, cell + cell // 2)) == (255, 255, 255)

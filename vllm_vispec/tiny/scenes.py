@@ -1,0 +1,77 @@
+"""Generated scenes of coloured shapes and their long, image-dependent descriptions: the
+domain of the trained demo target."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+COLORS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 220),
+          "yellow": (240, 210, 30), "purple": (140, 50, 170), "orange": (250, 140, 20),
+          "black": (20, 20, 20)}
+SHAPES = ("circle", "square", "triangle", "cross")
+ROWS = ("top", "middle", "bottom")
+COLS = ("left", "center", "right")
+NUMBERS = ("zero", "one", "two", "three", "four")
+QUESTIONS = ("Describe the image.", "What is in the picture?", "Describe the shapes.")
+
+
+@dataclass(frozen=True)
+class Item:
+    color: str
+    shape: str
+    row: int
+    col: int
+
+    def place(self) -> str:
+        return "the center" if (self.row, self.col) == (1, 1) else \
+            f"the {ROWS[self.row]} {COLS[self.col]}"
+
+
+def random_scene(rng: random.Random, min_items: int = 2, max_items: int = 4) -> list[Item]:
+    cells = rng.sample([(r, c) for r in range(3) for c in range(3)],
+                       rng.randint(min_items, max_items))
+    return [Item(rng.choice(list(COLORS)), rng.choice(SHAPES), r, c) for r, c in sorted(cells)]
+
+
+def draw(scene: list[Item], size: int = 112) -> Image.Image:
+    img = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(img)
+    cell = size // 3
+    for item in scene:
+        x0, y0 = item.col * cell + 5, item.row * cell + 5
+        x1, y1 = x0 + cell - 10, y0 + cell - 10
+        fill = COLORS[item.color]
+        if item.shape == "circle":
+            d.ellipse((x0, y0, x1, y1), fill=fill)
+        elif item.shape == "square":
+            d.rectangle((x0, y0, x1, y1), fill=fill)
+        elif item.shape == "triangle":
+            d.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
+        else:
+            w = (x1 - x0) // 3
+            d.rectangle((x0 + w, y0, x1 - w, y1), fill=fill)
+            d.rectangle((x0, y0 + w, x1, y1 - w), fill=fill)
+    return img
+
+
+def describe(scene: list[Item]) -> str:
+    """A long answer (well over 64 tokens) that only the picture can tell."""
+    n = NUMBERS[len(scene)]
+    plural = "shape" if len(scene) == 1 else "shapes"
+    parts = [f"The picture shows {n} {plural} on a white background."]
+    for item in scene:
+        parts.append(f"There is a {item.color} {item.shape} in {item.place()} of the image.")
+    parts.append("The " + " and the ".join(f"{i.color} {i.shape}" for i in scene)
+                 + (" is" if len(scene) == 1 else " are") + " the only things in the picture.")
+    for item in scene:
+        parts.append(f"The {item.shape} is {item.color}, and it is in {item.place()}.")
+    parts.append(f"So, in total, there {'is' if len(scene) == 1 else 'are'} {n} {plural}.")
+    return " ".join(parts)
+
+
+def corpus(count: int = 2000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [describe(random_scene(rng)) for _ in range(count)] + list(QUESTIONS)
