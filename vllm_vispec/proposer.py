@@ -33,6 +33,7 @@ class VispecProposer(EagleProposer):
         self._batch: list[tuple[str, list[ImageSlots]]] = []
         self._attention: CompressedAttentionMetadata | None = None
         self._missing_warned = False
+        self._kept_token_indices: torch.Tensor | None = None
 
     # ---- per propose() call ---------------------------------------------------------------
     def propose(self, num_speculative_tokens, target_token_ids, target_positions,
@@ -47,11 +48,24 @@ class VispecProposer(EagleProposer):
         # 1-D token positions for the draft (the target's may be M-RoPE).
         target_positions = self._token_positions(common_attn_metadata,
                                                  target_token_ids.shape[0])
+        kept, self._kept_token_indices = self._kept_token_indices, None
+        if mm_embed_inputs is not None and kept is not None:
+            # Without the padded drafter batch, vLLM drops rejected tokens from the draft's
+            # inputs but gathers the image-embedding mask over all scheduled tokens;
+            # select the kept tokens' entries (rejected tokens are never image tokens).
+            embeds, is_mm = mm_embed_inputs
+            mm_embed_inputs = (embeds, is_mm[kept.to(is_mm.device).long()])
         return super().propose(
             num_speculative_tokens, target_token_ids, target_positions,
             target_hidden_states, next_token_ids, token_indices_to_sample,
             common_attn_metadata, sampling_metadata, mm_embed_inputs,
             num_rejected_tokens_gpu, slot_mappings)
+
+    def prepare_inputs(self, common_attn_metadata, sampled_token_ids, num_draft_tokens):
+        cad, token_indices = super().prepare_inputs(common_attn_metadata, sampled_token_ids,
+                                                    num_draft_tokens)
+        self._kept_token_indices = token_indices
+        return cad, token_indices
 
     def prepare_next_token_ids_padded(self, sampled_token_ids, requests, gpu_input_batch,
                                       discard_request_mask):

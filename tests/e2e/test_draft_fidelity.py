@@ -97,13 +97,16 @@ def request_key(req_id: str, outputs) -> int:
     return i
 
 
-SCHEDULES = {
-    "whole-prefill": {},
+CHUNKED = dict(max_num_batched_tokens=12, max_num_seqs=4)
+SCHEDULES = {  # name: (engine arguments, extra speculative-config keys)
+    "whole-prefill": ({}, {}),
     # 12 tokens a step for up to 4 requests: every image is split across steps.
-    "chunked-prefill": dict(max_num_batched_tokens=12, max_num_seqs=4),
+    "chunked-prefill": (CHUNKED, {}),
+    # The same without vLLM's padded drafter batch (rejected tokens removed up front).
+    "chunked-unpadded": (CHUNKED, {"disable_padded_drafter_batch": True}),
     # A KV cache of a few blocks: requests are preempted and recomputed, and their image
     # state must come back right.
-    "preempted": dict(max_model_len=192, block_size=32, num_gpu_blocks_override=8),
+    "preempted": (dict(max_model_len=192, block_size=32, num_gpu_blocks_override=8), {}),
 }
 
 
@@ -112,7 +115,8 @@ SCHEDULES = {
 def test_draft_tokens_and_logits_match_the_reference(kind, schedule, monkeypatch):
     rec = DraftRecorder(monkeypatch)
     convs = conversations()
-    with offline_llm(kind, vispec_config(kind, NUM_SPEC), **SCHEDULES[schedule]) as llm:
+    engine_args, spec_extra = SCHEDULES[schedule]
+    with offline_llm(kind, vispec_config(kind, NUM_SPEC, **spec_extra), **engine_args) as llm:
         outputs = llm.chat(list(convs.values()), greedy_params(), use_tqdm=False)
         preemptions = sum(m.value for m in llm.get_metrics()
                           if m.name == "vllm:num_preemptions")
