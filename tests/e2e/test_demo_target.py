@@ -20,3 +20,10 @@ def test_builder_trains_and_saves_a_loadable_target(tmp_path):
     ids = processor(text="USER: <image>\nDescribe the image.\nASSISTANT:", images=img,
                     return_tensors="pt")["input_ids"][0]
     assert int((ids == model.config.image_token_index).sum()) == 64
+
+
+def test_evaluation_reports_recall_and_length(tmp_path):
+    from vllm_vispec.tiny.demo_target import evaluate_demo_target
+    train_demo_target(tmp_path, minutes=0.02, batch_size=2, progress=False)
+    report = evaluate_demo_target(tmp_path, count=2, max_new_tokens=8)
+    assert 0.0 <= report["item_recall"] <= 1.0 and report["answer_tokens"] <= 8

@@ -28,3 +28,11 @@ def test_pictures_show_each_item_in_its_cell():
     assert img.getpixel((cell // 2, cell // 2)) == scenes.COLORS["red"]
     assert img.getpixel((2 * cell + cell // 2, 2 * cell + cell // 2)) == scenes.COLORS["blue"]
     assert img.getpixel((cell + cell // 2, cell + cell // 2)) == (255, 255, 255)
+
+
+def test_item_recall_counts_items_named_right():
+    scene = [scenes.Item("red", "square", 0, 0), scenes.Item("blue", "circle", 1, 1)]
+    text = scenes.describe(scene)
+    assert scenes.item_recall(scene, text) == 1.0
+    assert scenes.item_recall(scene, "There is a red square in the top left.") == 0.5
+    assert scenes.item_recall(scene, "There is a blue square in the center.") == 0.0

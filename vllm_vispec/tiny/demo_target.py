@@ -113,3 +113,24 @@ def train_demo_target(out: Path, minutes: float = 25.0, batch_size: int = 8,
     processor.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"steps": step, "final_loss": sum(history[-20:]) / max(1, len(history[-20:]))}
+
+
+@torch.no_grad()
+def evaluate_demo_target(path: Path, count: int = 20, seed: int = 12345,
+                         max_new_tokens: int = 140) -> dict:
+    """Greedy answers (HF transformers) to held-out pictures: mean item recall, and the
+    mean answer length in tokens."""
+    from ..train.target_features import load_target
+    model, processor = load_target(str(path))
+    rng = random.Random(seed)
+    recalls, lengths = [], []
+    for _ in range(count):
+        scene = scenes.random_scene(rng)
+        inputs = processor(text="USER: <image>\nDescribe the image.\nASSISTANT:",
+                           images=scenes.draw(scene, IMAGE_SIZE), return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answer = out[0, inputs["input_ids"].shape[1]:]
+        lengths.append(len(answer))
+        recalls.append(scenes.item_recall(scene, processor.decode(answer,
+                                                                  skip_special_tokens=True)))
+    return {"item_recall": sum(recalls) / count, "answer_tokens": sum(lengths) / count}

@@ -75,3 +75,9 @@ def describe(scene: list[Item]) -> str:
 def corpus(count: int = 2000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [describe(random_scene(rng)) for _ in range(count)] + list(QUESTIONS)
+
+
+def item_recall(scene: list[Item], text: str) -> float:
+    """Share of the scene's items that ``text`` names with the right colour, shape and
+    place: how much of an answer the picture decided."""
+    return sum(f"{i.color} {i.shape} in {i.place()}" in text for i in scene) / len(scene)
