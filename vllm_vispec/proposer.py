@@ -163,12 +163,12 @@ class VispecProposer(EagleProposer):
         for r, (req_id, images) in enumerate(self._batch):
             start, end = meta.query_start_loc[r], meta.query_start_loc[r + 1]
             if end > start:
-                yield r, req_id, images, start, positions[start:end]
+                yield req_id, images, start, positions[start:end]
 
     def _summarize_images(self, meta: CompressedAttentionMetadata) -> None:
         """Runs the adaptor on every image whose compressed slot is in this pass."""
         draft = self._draft()
-        for _, req_id, images, _, positions in self._request_ranges(meta):
+        for req_id, images, _, positions in self._request_ranges(meta):
             lo, hi = int(positions[0]), int(positions[-1])
             for image in images:
                 if not image.kept or not (lo <= image.kept[-1] <= hi):
@@ -196,7 +196,7 @@ class VispecProposer(EagleProposer):
         hidden = draft.dims.hidden_size
         out = torch.zeros(meta.query_positions.shape[0], hidden,
                           dtype=draft.fc.weight.dtype, device=meta.query_positions.device)
-        for _, req_id, images, start, positions in self._request_ranges(meta):
+        for req_id, images, start, positions in self._request_ranges(meta):
             for i, image in enumerate(images):
                 # Slots after this image and up to the next image's last slot use its
                 # vector (the next image's own slots are replaced or dropped).
@@ -214,7 +214,7 @@ class VispecProposer(EagleProposer):
 
     def _compressed_slots(self, meta: CompressedAttentionMetadata):
         index, rows = [], []
-        for _, req_id, images, start, positions in self._request_ranges(meta):
+        for req_id, images, start, positions in self._request_ranges(meta):
             lo, hi = int(positions[0]), int(positions[-1])
             for image in images:
                 for row, slot in enumerate(image.kept):

@@ -34,10 +34,6 @@ class CompressedAttentionMetadata:
     kept_ends: torch.Tensor  # int32
     cu_kept: torch.Tensor  # [num_reqs + 1] int32
 
-    @property
-    def num_reqs(self) -> int:
-        return len(self.query_start_loc) - 1
-
 
 def paged_kv_views(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Key and value caches as ``[num_blocks, block_size, kv_heads, head_dim]`` views.
