@@ -26,6 +26,8 @@ setup(
         # The upstream CUDA build for GPU users.
         "cuda": [f"vllm=={VLLM_MINOR}.*"],
         "test": ["pytest", "requests", "openai", "pillow", "tokenizers"],
+        # Plots of the benchmark reports.
+        "bench": ["matplotlib"],
     },
     entry_points={
         "vllm.general_plugins": ["vispec = vllm_vispec.plugin:register"],

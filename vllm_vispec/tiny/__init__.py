@@ -1,7 +1,8 @@
 """Tiny LLaVA and Qwen2.5-VL targets with ViSpec drafts, built locally and cached.
 
 Used by the demo and the tests; nothing is downloaded. Builds are keyed by a hash of the
-builder sources, so a change to a builder rebuilds its models.
+builder sources, so a change to a builder rebuilds its models. The trained demo target and
+its drafts take most of an hour to build, so they are keyed by ``DEMO_VERSION`` instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from ..model.checkpoint import cache_root
 
 TARGETS = ("llava", "qwen2_5_vl")
+DEMO_VERSION = "v2"  # bump when the demo target's or its drafts' recipe changes
+DEMO_TARGET_MINUTES = 25.0
 
 
 def _build_key() -> str:
@@ -24,9 +27,9 @@ def _build_key() -> str:
     return digest[:12]
 
 
-def _ensure(name: str, build) -> Path:
-    out = cache_root() / "tiny" / f"{name}-{_build_key()}"
-    if (out / "config.json").is_file():
+def _ensure(name: str, build, key: str | None = None, marker: str = "config.json") -> Path:
+    out = cache_root() / "tiny" / f"{name}-{key or _build_key()}"
+    if (out / marker).is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
@@ -34,7 +37,7 @@ def _ensure(name: str, build) -> Path:
         build(tmp)
         os.rename(tmp, out)
     except OSError:
-        if not (out / "config.json").is_file():
+        if not (out / marker).is_file():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -56,3 +59,22 @@ def tiny_draft(kind: str, num_q: int = 2, seed: int = 0) -> Path:
     target = tiny_target(kind)
     return _ensure(f"{kind}-vispec-q{num_q}-s{seed}",
                    lambda out: build_tiny_draft(target, out, seed=seed, num_q=num_q))
+
+
+def trained_demo_target(minutes: float = DEMO_TARGET_MINUTES) -> Path:
+    """The trained demo target (``tiny/demo_target.py``): built once, in ``minutes`` of
+    training on the CPU, then cached."""
+    from .demo_target import train_demo_target
+    key = DEMO_VERSION if minutes == DEMO_TARGET_MINUTES else f"{DEMO_VERSION}-{minutes:g}min"
+    return _ensure("demo-target", lambda out: train_demo_target(out, minutes=minutes), key=key)
+
+
+def trained_demo_drafts() -> dict[str, Path]:
+    """ViSpec and text-only EAGLE drafts for :func:`trained_demo_target`, trained by
+    ``vispec-train recipe`` with its defaults (same data and budget), then cached."""
+    from ..train.cli import main as vispec_train
+    target = trained_demo_target()
+    root = _ensure("demo-drafts", lambda out: vispec_train(
+        ["recipe", "--target", str(target), "--out", str(out)]), key=DEMO_VERSION,
+        marker="eagle/draft/config.json")
+    return {arch: root / arch / "draft" for arch in ("vispec", "eagle")}

@@ -12,8 +12,10 @@ COLORS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 220),
           "yellow": (240, 210, 30), "purple": (140, 50, 170), "orange": (250, 140, 20),
           "black": (20, 20, 20)}
 SHAPES = ("circle", "square", "triangle", "cross")
-ROWS = ("top", "middle", "bottom")
-COLS = ("left", "center", "right")
+# One word per cell, so a cell's name is one token: the model looks a cell up in the
+# picture from a single token (the lookup a small model learns in minutes).
+CELLS = (("northwest", "north", "northeast"), ("west", "center", "east"),
+         ("southwest", "south", "southeast"))
 NUMBERS = ("zero", "one", "two", "three", "four")
 QUESTIONS = ("Describe the image.", "What is in the picture?", "Describe the shapes.")
 
@@ -26,11 +28,10 @@ class Item:
     col: int
 
     def place(self) -> str:
-        return "the center" if (self.row, self.col) == (1, 1) else \
-            f"the {ROWS[self.row]} {COLS[self.col]}"
+        return f"the {CELLS[self.row][self.col]}"
 
 
-def random_scene(rng: random.Random, min_items: int = 2, max_items: int = 4) -> list[Item]:
+def random_scene(rng: random.Random, min_items: int = 1, max_items: int = 4) -> list[Item]:
     cells = rng.sample([(r, c) for r in range(3) for c in range(3)],
                        rng.randint(min_items, max_items))
     return [Item(rng.choice(list(COLORS)), rng.choice(SHAPES), r, c) for r, c in sorted(cells)]
@@ -41,8 +42,8 @@ def draw(scene: list[Item], size: int = 112) -> Image.Image:
     d = ImageDraw.Draw(img)
     cell = size // 3
     for item in scene:
-        x0, y0 = item.col * cell + 5, item.row * cell + 5
-        x1, y1 = x0 + cell - 10, y0 + cell - 10
+        x0, y0 = item.col * cell + 3, item.row * cell + 3
+        x1, y1 = x0 + cell - 6, y0 + cell - 6
         fill = COLORS[item.color]
         if item.shape == "circle":
             d.ellipse((x0, y0, x1, y1), fill=fill)
@@ -58,17 +59,18 @@ def draw(scene: list[Item], size: int = 112) -> Image.Image:
 
 
 def describe(scene: list[Item]) -> str:
-    """A long answer (well over 64 tokens) that only the picture can tell."""
-    n = NUMBERS[len(scene)]
-    plural = "shape" if len(scene) == 1 else "shapes"
-    parts = [f"The picture shows {n} {plural} on a white background."]
-    for item in scene:
-        parts.append(f"There is a {item.color} {item.shape} in {item.place()} of the image.")
-    parts.append("The " + " and the ".join(f"{i.color} {i.shape}" for i in scene)
-                 + (" is" if len(scene) == 1 else " are") + " the only things in the picture.")
-    for item in scene:
-        parts.append(f"The {item.shape} is {item.color}, and it is in {item.place()}.")
-    parts.append(f"So, in total, there {'is' if len(scene) == 1 else 'are'} {n} {plural}.")
+    """A long answer (over 64 tokens) that only the picture can tell: every cell in reading
+    order, then the count. A fixed order keeps each cell's words tied to one place in the
+    picture."""
+    by_cell = {(i.row, i.col): i for i in scene}
+    parts = ["The picture shows shapes on a white background."]
+    for row in range(3):
+        for col in range(3):
+            item = by_cell.get((row, col))
+            what = f"a {item.color} {item.shape}" if item else "nothing"
+            parts.append(f"In the {CELLS[row][col]} there is {what}.")
+    n = len(scene)
+    parts.append(f"In all, {NUMBERS[n]} {'shape' if n == 1 else 'shapes'}.")
     return " ".join(parts)
 
 
@@ -80,4 +82,5 @@ def corpus(count: int = 2000, seed: int = 0) -> list[str]:
 def item_recall(scene: list[Item], text: str) -> float:
     """Share of the scene's items that ``text`` names with the right colour, shape and
     place: how much of an answer the picture decided."""
-    return sum(f"{i.color} {i.shape} in {i.place()}" in text for i in scene) / len(scene)
+    return sum(f"In {i.place()} there is a {i.color} {i.shape}." in text
+               for i in scene) / len(scene)

@@ -3,6 +3,8 @@
   vispec-train data --target TARGET --out DATA            # the target answers prompts
   vispec-train fit --target TARGET --data DATA --stage 1 --out STAGE1
   vispec-train fit --target TARGET --data DATA --stage 2 --init STAGE1/draft --out STAGE2
+  vispec-train fit ... --arch eagle                        # the text-only EAGLE baseline
+  vispec-train recipe --target TARGET --out DIR             # all of the above, both drafts
 
 ``fit`` exports ``OUT/draft`` in the published checkpoint layout, which
 ``"method": "vispec", "model": "OUT/draft"`` loads as is. A stopped ``fit`` resumes from
@@ -19,6 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..model.checkpoint import read_draft
+
+COMPLETE = "complete"  # written last by `data`: the folder holds every sample
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     f.add_argument("--out", type=Path, required=True,
                    help="output folder: checkpoint.pt, history.json, draft/")
     f.add_argument("--stage", type=int, choices=[1, 2], default=2, help="(%(default)s)")
+    f.add_argument("--arch", choices=["vispec", "eagle"], default="vispec",
+                   help="vispec: the ViSpec draft (published layout, for \"method\": "
+                   "\"vispec\"); eagle: the text-only baseline, same layer and training but "
+                   "no image modules, exported for vLLM's \"method\": \"eagle\" (%(default)s)")
     f.add_argument("--init", type=Path, default=None,
                    help="draft to start from (published layout), e.g. stage 1's export")
     f.add_argument("--num-q", type=int, default=2,
@@ -64,6 +72,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     f.add_argument("--holdout", type=float, default=0.1,
                    help="fraction of samples held out for evaluation (%(default)s)")
     f.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt")
+    f.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast for the forward pass (weights and optimizer stay "
+                   "fp32); faster on CPUs with AVX512-BF16 or AMX")
+
+    r = sub.add_parser("recipe", parents=[common],
+                       help="the whole two-stage recipe, and the text-only baseline",
+                       description="Runs data (text-only and image prompts), then stage 1 "
+                       "on text and stage 2 on images for the ViSpec draft, and the same two "
+                       "stages, data and epochs for a text-only EAGLE draft. Writes "
+                       "OUT/vispec/draft and OUT/eagle/draft. Each step is skipped when its "
+                       "output exists, so a stopped recipe resumes.")
+    r.add_argument("--out", type=Path, required=True, help="output folder")
+    r.add_argument("--num-prompts", type=int, default=400,
+                   help="image prompts for stage 2 (%(default)s)")
+    r.add_argument("--num-text-prompts", type=int, default=100,
+                   help="text-only prompts for stage 1 (%(default)s)")
+    r.add_argument("--max-tokens", type=int, default=160,
+                   help="tokens per answer (%(default)s)")
+    r.add_argument("--epochs", type=int, default=4, help="epochs per stage (%(default)s)")
+    r.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (%(default)s)")
+    r.add_argument("--num-q", type=int, default=2, help="adaptor queries (%(default)s)")
+    r.add_argument("--arch", choices=["vispec", "eagle"], nargs="+",
+                   default=["vispec", "eagle"], help="drafts to train (%(default)s)")
     return p.parse_args(argv)
 
 
@@ -71,38 +102,44 @@ def run_data(args) -> None:
     from .data import build_dataset, demo_prompts
     prompts = demo_prompts(args.num_prompts, args.seed, images=not args.text_only)
     paths = build_dataset(args.target, prompts, args.max_tokens, args.out)
+    (args.out / COMPLETE).write_text(f"{len(paths)}\n")
     print(f"[vispec-train] wrote {len(paths)} samples to {args.out}")
 
 
 def run_fit(args) -> dict:
     from ..tiny.drafts import draft_dims_for
     from .data import load_dataset
-    from .draft import TrainableDraft, initial_weights
-    from .export import export_draft
+    from .draft import TrainableDraft, initial_weights, text_only_dims
+    from .export import export_draft, export_eagle_draft, read_eagle_draft
     from .target_features import load_target
     from .trainer import TrainConfig, evaluate, train
 
     target_model, _ = load_target(str(args.target))
     lm_head = target_model.get_output_embeddings().weight
     embed = target_model.get_input_embeddings().weight
-    if args.init is not None:
+    text_only = args.arch == "eagle"
+    if args.init is not None and text_only:
+        dims, weights = read_eagle_draft(args.init, args.num_q)
+    elif args.init is not None:
         dims, path = read_draft(args.init)
         weights = load_file(path)
     else:
         dims, _ = draft_dims_for(args.target, args.num_q)
-        weights = initial_weights(dims, embed, args.seed)
+        dims = text_only_dims(dims) if text_only else dims
+        weights = initial_weights(dims, embed, args.seed, text_only=text_only)
     samples = load_dataset(args.data)
     n_eval = max(1, int(len(samples) * args.holdout)) if len(samples) > 1 else 0
     held_out, samples = samples[:n_eval], samples[n_eval:]
     model = TrainableDraft(dims, weights, lm_head)
     cfg = TrainConfig(stage=args.stage, epochs=args.epochs, lr=args.lr,
                       rollout_steps=args.rollout_steps, feature_noise=args.feature_noise,
-                      seed=args.seed)
+                      seed=args.seed, bf16=args.bf16)
     before = evaluate(model, held_out, args.stage) if held_out else None
     history = train(model, samples, cfg, args.out, resume=not args.no_resume)
     after = evaluate(model, held_out, args.stage) if held_out else None
     target_cfg = json.loads((args.target / "config.json").read_text())
-    draft = export_draft(model, target_cfg, args.out / "draft")
+    export = export_eagle_draft if text_only else export_draft
+    draft = export(model, target_cfg, args.out / "draft")
     report = {"history": history, "held_out_before": before, "held_out_after": after,
               "train_samples": len(samples), "held_out_samples": len(held_out),
               "draft": str(draft)}
@@ -111,11 +148,33 @@ def run_fit(args) -> dict:
     return report
 
 
+def run_recipe(args) -> dict[str, Path]:
+    out, target, seed = args.out, str(args.target), str(args.seed)
+    common = ["--target", target, "--seed", seed]
+    for name, extra in (("data-text", ["--num-prompts", str(args.num_text_prompts),
+                                       "--text-only"]),
+                        ("data-image", ["--num-prompts", str(args.num_prompts)])):
+        if not (out / name / COMPLETE).is_file():
+            main(["data", *common, "--out", str(out / name), "--max-tokens",
+                  str(args.max_tokens), *extra])
+    drafts = {}
+    for arch in args.arch:
+        fit = [*common, "--arch", arch, "--epochs", str(args.epochs), "--lr", str(args.lr),
+               "--num-q", str(args.num_q)]
+        stage1, stage2 = out / f"{arch}-stage1", out / arch
+        if not (stage1 / "report.json").is_file():
+            main(["fit", *fit, "--stage", "1", "--data", str(out / "data-text"),
+                  "--out", str(stage1)])
+        if not (stage2 / "report.json").is_file():
+            main(["fit", *fit, "--stage", "2", "--data", str(out / "data-image"),
+                  "--init", str(stage1 / "draft"), "--out", str(stage2)])
+        drafts[arch] = stage2 / "draft"
+    print("[vispec-train] drafts: " + ", ".join(f"{k}={v}" for k, v in drafts.items()))
+    return drafts
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    if args.command == "data":
-        run_data(args)
-    else:
-        run_fit(args)
+    {"data": run_data, "fit": run_fit, "recipe": run_recipe}[args.command](args)
     return 0

@@ -10,26 +10,28 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..tiny.images import image_part, shapes_image
+from ..tiny import scenes
+from ..tiny.images import image_part
 from .target_features import Sample, make_sample
 
-QUESTIONS = ["Describe the image.", "What is in the picture?", "Describe the shapes.",
-             "Where are the shapes?", "How many shapes are there?", "What colors are there?"]
+TEXT_QUESTIONS = ["Describe a picture of shapes.", "What shapes could a picture show?",
+                  "Name some colors.", "Where can a shape be in a picture?"]
 
 
-def demo_prompts(count: int, seed: int = 0, images: bool = True) -> list[tuple[list, list]]:
-    """Prompts in the demo domain: (chat messages, PIL images). Text-only for stage 1."""
+def demo_prompts(count: int, seed: int = 0, images: bool = True,
+                 image_size: int = 84) -> list[tuple[list, list]]:
+    """Prompts in the demo domain (``vllm_vispec.tiny.scenes``): (chat messages, PIL
+    images), one picture of coloured shapes each; text-only (stage 1) without images."""
     rng = random.Random(seed)
     out = []
-    for i in range(count):
-        question = rng.choice(QUESTIONS)
+    for _ in range(count):
         if not images:
+            question = rng.choice(TEXT_QUESTIONS)
             out.append(([{"role": "user", "content": question}], []))
             continue
-        img = shapes_image(seed * 100_003 + i, (rng.choice([64, 96]), rng.choice([64, 96])))
-        out.append(([{"role": "user", "content": [image_part(img),
-                                                   {"type": "text", "text": question}]}],
-                    [img]))
+        img = scenes.draw(scenes.random_scene(rng), image_size)
+        content = [image_part(img), {"type": "text", "text": rng.choice(scenes.QUESTIONS)}]
+        out.append(([{"role": "user", "content": content}], [img]))
     return out
 
 

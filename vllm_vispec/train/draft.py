@@ -2,9 +2,16 @@
 
 Its forward is the reference draft's (``vllm_vispec.reference``) over whole sequences,
 so what is trained is exactly what the plugin's tests hold the vLLM draft to.
+
+``text_only=True`` makes the baseline ViSpec is measured against: an EAGLE-1 draft with the
+same layer and the same training, but no image adaptor and no img_fc, fed what vLLM's own
+``"method": "eagle"`` feeds a text-only draft of a VLM: every slot kept, the embedding of
+the image placeholder token at image slots.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -17,7 +24,17 @@ FROZEN = ("embed_tokens.weight",)  # a copy of the target's embedding, never tra
 IMAGE_MODULES = ("imadpt.", "img_fc.")  # stage 1 (text only) leaves these as initialised
 
 
-def initial_weights(dims: DraftDims, embed: torch.Tensor, seed: int = 0) -> dict:
+def text_only_dims(dims: DraftDims) -> DraftDims:
+    """vLLM's EAGLE-1 Llama draft has no fc bias."""
+    return replace(dims, fc_bias=False)
+
+
+def is_image_module(key: str) -> bool:
+    return key.startswith(IMAGE_MODULES)
+
+
+def initial_weights(dims: DraftDims, embed: torch.Tensor, seed: int = 0,
+                    text_only: bool = False) -> dict:
     """Fresh weights: small random projections, ``img_fc = [I | 0]`` (ViSpec's start, so
     stage 2 begins exactly where the text-only stage 1 ended)."""
     g = torch.Generator().manual_seed(seed)
@@ -30,6 +47,8 @@ def initial_weights(dims: DraftDims, embed: torch.Tensor, seed: int = 0) -> dict
     for key in out:
         if key.endswith(".bias"):
             out[key] = torch.zeros_like(out[key])
+    if text_only:
+        out = {k: v for k, v in out.items() if not is_image_module(k)}
     return out
 
 
@@ -38,6 +57,7 @@ class TrainableDraft(nn.Module):
                  lm_head: torch.Tensor) -> None:
         super().__init__()
         self.dims = dims
+        self.text_only = "img_fc.weight" not in weights
         self.trainable = nn.ParameterDict({
             _param_name(k): nn.Parameter(v.detach().float().clone())
             for k, v in weights.items() if k not in FROZEN})
@@ -54,7 +74,7 @@ class TrainableDraft(nn.Module):
 
     def set_stage(self, stage: int) -> None:
         for name, p in self.trainable.items():
-            p.requires_grad_(stage == 2 or not _key(name).startswith(IMAGE_MODULES))
+            p.requires_grad_(stage == 2 or not is_image_module(_key(name)))
 
     def forward(self, sample: Sample, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced draft over a sample: output per slot ``j`` (predicting the
@@ -62,6 +82,9 @@ class TrainableDraft(nn.Module):
         length = len(sample.token_ids)
         hidden = sample.hidden[:length - 1] if hidden is None else hidden
         ref = ReferenceDraft(self.weights(), self.dims, self.lm_head, self.embed)
+        if self.text_only:
+            embeds = self.embed[torch.tensor(sample.token_ids[:length])]
+            return ref.sequence(embeds[:-1], hidden, embeds[-1], [])
         images = [s for s in sample.images if s.end <= length - 1]
         return ref.sequence(sample.embeds[:length - 1], hidden, sample.embeds[length - 1],
                             images)

@@ -27,6 +27,7 @@ class TrainConfig:
     rollout_steps: int = 2  # self-rollout passes after the teacher-forced one (stage 2)
     feature_noise: float = 0.2  # uniform noise on input features, scaled by 512 / length
     seed: int = 0
+    bf16: bool = False  # bf16 autocast (fp32 weights and optimizer state)
 
 
 def feature_noise(hidden: torch.Tensor, scale: float, gen: torch.Generator) -> torch.Tensor:
@@ -95,7 +96,8 @@ def train(model: TrainableDraft, samples: list[Sample], cfg: TrainConfig, out_di
                    disable=not progress)
         losses, accs = [], []
         for i in bar:
-            loss, acc = sample_loss(model, samples[i], cfg, gen)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss, acc = sample_loss(model, samples[i], cfg, gen)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)

@@ -1,0 +1,106 @@
+"""What the benchmark scripts share: naming targets, drafts and methods; held-out prompts;
+vLLM's spec-decode counters; summary statistics.
+
+Targets and drafts are folders (HF format), hub ids, or local shorthands:
+
+- ``demo``: the trained demo target (``python -m vllm_vispec.tiny.demo_target``), and as a
+  draft (``vispec=demo``, ``eagle=demo``) its ViSpec / text-only EAGLE draft;
+- ``tiny:llava``, ``tiny:qwen2_5_vl``: the random-weight test models and their drafts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
+    sys.path.insert(0, str(ROOT))
+
+SPEC_METHODS = ("vispec", "eagle")
+
+
+def resolve_target(name: str) -> str:
+    if name == "demo":
+        from vllm_vispec.tiny import trained_demo_target
+        return str(trained_demo_target())
+    if name.startswith("tiny:"):
+        from vllm_vispec.tiny import tiny_target
+        return str(tiny_target(name.split(":", 1)[1]))
+    return name
+
+
+def resolve_draft(name: str, method: str) -> str:
+    if name == "demo":
+        from vllm_vispec.tiny import trained_demo_drafts
+        return str(trained_demo_drafts()[method])
+    if name.startswith("tiny:"):
+        if method != "vispec":
+            raise SystemExit("tiny targets have ViSpec drafts only: use vispec=tiny:KIND")
+        from vllm_vispec.tiny import tiny_draft
+        return str(tiny_draft(name.split(":", 1)[1]))
+    return name
+
+
+def parse_method(method: str) -> tuple[str, str | None]:
+    """``none``, ``ngram``, ``vispec=DRAFT`` or ``eagle=DRAFT`` -> (name, draft)."""
+    name, _, draft = method.partition("=")
+    if name in ("none", "ngram") and not draft:
+        return name, None
+    if name in SPEC_METHODS and draft:
+        return name, draft
+    raise SystemExit(f"unknown method {method!r}: use none, ngram, vispec=DRAFT or eagle=DRAFT")
+
+
+def speculative_config(method: str, k: int) -> dict | None:
+    name, draft = parse_method(method)
+    if name == "none":
+        return None
+    if name == "ngram":
+        return {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 3,
+                "prompt_lookup_min": 1}
+    return {"method": name, "model": resolve_draft(draft, name), "num_speculative_tokens": k}
+
+
+def held_out_prompts(count: int, seed: int) -> list[tuple[list, list]]:
+    """Image prompts of the demo domain, from a seed the training data does not use."""
+    from vllm_vispec.train.data import demo_prompts
+    return demo_prompts(count, seed)
+
+
+NO_COUNTS = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0,
+             "accepted_per_position": []}
+
+
+def spec_metrics(llm) -> dict:
+    """vLLM's spec-decode counters of an offline ``LLM`` (run with stats on)."""
+    out = dict(NO_COUNTS)
+    for m in llm.get_metrics():
+        name = m.name.removeprefix("vllm:spec_decode_")
+        if name == "num_accepted_tokens_per_pos":
+            out["accepted_per_position"] = list(m.values)
+        elif name in out:
+            out[name] = m.value
+    return out
+
+
+def acceptance(before: dict, after: dict) -> dict:
+    """vLLM's acceptance length (1 + accepted / drafts, the bonus token included) and the
+    acceptance rate per draft position, between two counter snapshots."""
+    drafts = after["num_drafts"] - before["num_drafts"]
+    accepted = after["num_accepted_tokens"] - before["num_accepted_tokens"]
+    per_pos_before = before["accepted_per_position"] or [0] * len(after["accepted_per_position"])
+    per_pos = [a - b for a, b in zip(after["accepted_per_position"], per_pos_before)]
+    return {"drafts": drafts, "accepted_tokens": accepted,
+            "acceptance_length": 1 + accepted / drafts if drafts else None,
+            "accepted_per_position": [a / drafts for a in per_pos] if drafts else []}
+
+
+def summary(values: list[float]) -> dict:
+    if not values:
+        return {"median": None, "p99": None, "mean": None}
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"median": statistics.median(ordered), "p99": p99,
+            "mean": statistics.fmean(ordered)}
