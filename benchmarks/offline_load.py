@@ -31,6 +31,12 @@ class LevelResult:
                 "ttft_s": self.ttft_s, "tpot_s": self.tpot_s, **self.spec}
 
 
+def _key(in_flight: dict[str, int], request_id: str) -> str:
+    """``enqueue_chat`` returns vLLM's internal id (the external one plus a suffix);
+    outputs carry the external one."""
+    return next(k for k in in_flight if k == request_id or k.startswith(request_id + "-"))
+
+
 def run_level(llm, prompts: list[tuple[list, list]], concurrency: int, params) -> LevelResult:
     """Sends every prompt once, ``concurrency`` at a time; prompt ``i`` keeps its index."""
     engine = llm.llm_engine
@@ -53,7 +59,7 @@ def run_level(llm, prompts: list[tuple[list, list]], concurrency: int, params) -
         for out in engine.step():
             if not out.finished:
                 continue
-            i = in_flight.pop(out.request_id)
+            i = in_flight.pop(_key(in_flight, out.request_id))
             token_ids[i] = list(out.outputs[0].token_ids)
             stats = out.metrics
             n = len(token_ids[i])

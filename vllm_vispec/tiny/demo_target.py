@@ -174,9 +174,9 @@ def train_demo_target(out: Path, minutes: float = 25.0, batch_size: int = 16,
         max_items = 1 if elapsed < SINGLE_SHAPE_FRACTION * budget else 4
         batch, labels = training_batch(processor, rng, batch_size, max_items)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(**batch, labels=labels)
-        loss = out.loss
-        seen.append(_content_accuracy(out.logits, labels, content_ids))
+            result = model(**batch, labels=labels)
+        loss = result.loss
+        seen.append(_content_accuracy(result.logits, labels, content_ids))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*text, *projector], 1.0)
