@@ -148,9 +148,10 @@ class ReferenceDraft:
         x = self.fuse(slot_embeds, hidden, g_per_slot)
         if compressed:
             slots = torch.tensor(list(compressed))
-            x = x.index_put((slots,), torch.stack(list(compressed.values())))
+            x = x.index_put((slots,), torch.stack(list(compressed.values())).to(x.dtype))
         keep = torch.tensor([j for j in range(length) if j not in dropped])
-        out = hidden.new_zeros(length, h).index_put((keep,), self.layer(x[keep], keep))
+        kept_out = self.layer(x[keep], keep)  # bf16 under autocast
+        out = kept_out.new_zeros(length, h).index_put((keep,), kept_out)
         self.next_position = length
         return out
 

@@ -65,3 +65,14 @@ def test_bad_method_is_refused(tmp_path):
            "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "unknown method 'medusa'" in done.stderr
+
+
+def test_served_mode_measures_through_vllm_serve(tmp_path):
+    report = run_sweep(tmp_path, "--served")
+    assert report["mode"] == "served"
+    none, spec = report["results"]
+    for row in spec["levels"]:
+        assert row["matches_no_speculation"] is True  # same text as the served baseline
+        assert row["drafts"] > 0 and row["output_tokens"] == row["requests"] * 12
+        assert row["ttft_s"]["median"] > 0 and row["tpot_s"]["median"] > 0
+    assert (tmp_path / "logs" / "vispec-k2.log").is_file()

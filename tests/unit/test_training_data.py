@@ -91,3 +91,18 @@ def test_text_only_draft_reads_token_embeddings_and_has_no_image_modules(tmp_pat
     with __import__("pytest").raises(ValueError, match="text-only"):
         export_eagle_draft(TrainableDraft(dims(), initial_weights(dims(), embed), lm_head),
                            {}, tmp_path / "bad")
+
+
+def test_both_drafts_train_in_bf16_autocast():
+    from vllm_vispec.train.draft import text_only_dims
+    from vllm_vispec.train.trainer import TrainConfig, sample_loss
+    for text_only in (False, True):
+        d = text_only_dims(dims()) if text_only else dims()
+        model = TrainableDraft(d, initial_weights(d, torch.randn(30, 16), text_only=text_only),
+                               torch.randn(30, 16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = sample_loss(model, sample(), TrainConfig(stage=2),
+                                  torch.Generator().manual_seed(0))
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

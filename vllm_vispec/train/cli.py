@@ -84,15 +84,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                        "OUT/vispec/draft and OUT/eagle/draft. Each step is skipped when its "
                        "output exists, so a stopped recipe resumes.")
     r.add_argument("--out", type=Path, required=True, help="output folder")
-    r.add_argument("--num-prompts", type=int, default=400,
+    r.add_argument("--num-prompts", type=int, default=300,
                    help="image prompts for stage 2 (%(default)s)")
     r.add_argument("--num-text-prompts", type=int, default=100,
                    help="text-only prompts for stage 1 (%(default)s)")
     r.add_argument("--max-tokens", type=int, default=160,
                    help="tokens per answer (%(default)s)")
-    r.add_argument("--epochs", type=int, default=4, help="epochs per stage (%(default)s)")
+    r.add_argument("--epochs", type=int, default=3, help="epochs per stage (%(default)s)")
     r.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (%(default)s)")
     r.add_argument("--num-q", type=int, default=2, help="adaptor queries (%(default)s)")
+    r.add_argument("--bf16", action="store_true", help="bf16 autocast in both stages")
     r.add_argument("--arch", choices=["vispec", "eagle"], nargs="+",
                    default=["vispec", "eagle"], help="drafts to train (%(default)s)")
     return p.parse_args(argv)
@@ -160,7 +161,7 @@ def run_recipe(args) -> dict[str, Path]:
     drafts = {}
     for arch in args.arch:
         fit = [*common, "--arch", arch, "--epochs", str(args.epochs), "--lr", str(args.lr),
-               "--num-q", str(args.num_q)]
+               "--num-q", str(args.num_q), *(["--bf16"] if args.bf16 else [])]
         stage1, stage2 = out / f"{arch}-stage1", out / arch
         if not (stage1 / "report.json").is_file():
             main(["fit", *fit, "--stage", "1", "--data", str(out / "data-text"),
