@@ -28,7 +28,7 @@ from common import (NO_COUNTS, acceptance, held_out_prompts, resolve_target, spe
 
 def run(target: str, method: str, k: int, prompts, max_tokens: int) -> dict:
     from vllm import LLM, SamplingParams
-    llm = LLM(model=target, dtype="float32", max_model_len=2048, enforce_eager=True,
+    llm = LLM(model=target, dtype="float32", max_model_len=1024, enforce_eager=True,
               limit_mm_per_prompt={"image": 2}, disable_log_stats=False, seed=0,
               speculative_config=speculative_config(method, k))
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1000,
                    help="prompt seed, apart from the training data's (%(default)s)")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--served", action="store_true",
                    help="through `vllm serve` (one server per configuration, streaming "
@@ -172,9 +173,16 @@ def main(argv=None) -> int:
     target = resolve_target(args.target)
     prompts = load_prompts(args.dataset, args.prompts, args.seed)
     results = []
-    run = run_configuration_served if args.served else run_configuration
     for method, k in configurations(args.method, args.num_speculative_tokens, vispec_ks):
-        results.append(run(target, method, k, prompts, args.concurrency, args))
+        if args.served:
+            results.append(run_configuration_served(target, method, k, prompts,
+                                                    args.concurrency, args))
+            continue
+        # A fresh process per engine: vLLM 0.32's CPU build fails to start a further engine
+        # in a process that has run the ngram proposer (its Triton override registry).
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            results.append(pool.apply(run_configuration,
+                                      (target, method, k, prompts, args.concurrency, args)))
     compare(results)
     report = {"target": args.target, "dataset": args.dataset, "prompts": args.prompts,
               "max_tokens": args.max_tokens, "dtype": args.dtype, "quick": args.quick,

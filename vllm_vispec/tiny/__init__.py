@@ -71,10 +71,11 @@ def trained_demo_target(minutes: float = DEMO_TARGET_MINUTES) -> Path:
 
 def trained_demo_drafts() -> dict[str, Path]:
     """ViSpec and text-only EAGLE drafts for :func:`trained_demo_target`, trained by
-    ``vispec-train recipe --bf16`` (same data and budget for both), then cached."""
+    ``vispec-train recipe`` with its defaults (same data and budget for both), then
+    cached."""
     from ..train.cli import main as vispec_train
     target = trained_demo_target()
     root = _ensure("demo-drafts", lambda out: vispec_train(
-        ["recipe", "--target", str(target), "--out", str(out), "--bf16"]), key=DEMO_VERSION,
+        ["recipe", "--target", str(target), "--out", str(out)]), key=DEMO_VERSION,
         marker="eagle/draft/config.json")
     return {arch: root / arch / "draft" for arch in ("vispec", "eagle")}

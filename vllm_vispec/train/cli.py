@@ -91,7 +91,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--max-tokens", type=int, default=160,
                    help="tokens per answer (%(default)s)")
     r.add_argument("--epochs", type=int, default=3, help="epochs per stage (%(default)s)")
-    r.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (%(default)s)")
+    r.add_argument("--lr", type=float, default=1e-3,
+                   help="stage 1 AdamW learning rate (%(default)s)")
+    r.add_argument("--stage2-lr", type=float, default=3e-4,
+                   help="stage 2 learning rate (%(default)s): the fresh image adaptor "
+                   "diverged at 1e-3 on the demo target")
     r.add_argument("--num-q", type=int, default=2, help="adaptor queries (%(default)s)")
     r.add_argument("--bf16", action="store_true", help="bf16 autocast in both stages")
     r.add_argument("--arch", choices=["vispec", "eagle"], nargs="+",
@@ -160,15 +164,16 @@ def run_recipe(args) -> dict[str, Path]:
                   str(args.max_tokens), *extra])
     drafts = {}
     for arch in args.arch:
-        fit = [*common, "--arch", arch, "--epochs", str(args.epochs), "--lr", str(args.lr),
+        fit = [*common, "--arch", arch, "--epochs", str(args.epochs),
                "--num-q", str(args.num_q), *(["--bf16"] if args.bf16 else [])]
         stage1, stage2 = out / f"{arch}-stage1", out / arch
         if not (stage1 / "report.json").is_file():
-            main(["fit", *fit, "--stage", "1", "--data", str(out / "data-text"),
-                  "--out", str(stage1)])
+            main(["fit", *fit, "--stage", "1", "--lr", str(args.lr),
+                  "--data", str(out / "data-text"), "--out", str(stage1)])
         if not (stage2 / "report.json").is_file():
-            main(["fit", *fit, "--stage", "2", "--data", str(out / "data-image"),
-                  "--init", str(stage1 / "draft"), "--out", str(stage2)])
+            main(["fit", *fit, "--stage", "2", "--lr", str(args.stage2_lr),
+                  "--data", str(out / "data-image"), "--init", str(stage1 / "draft"),
+                  "--out", str(stage2)])
         drafts[arch] = stage2 / "draft"
     print("[vispec-train] drafts: " + ", ".join(f"{k}={v}" for k, v in drafts.items()))
     return drafts
