@@ -51,6 +51,8 @@ def plots(report: dict, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    # One colour per configuration in every plot.
+    colors = {label(r): f"C{i % 10}" for i, r in enumerate(report["results"])}
     written = []
     for key, name, ylabel in (("speedup_vs_no_speculation", "speedup.png",
                                "speed-up over no speculation (output tok/s)"),
@@ -59,7 +61,7 @@ def plots(report: dict, out: Path) -> list[Path]:
         for r in report["results"]:
             points = [(row["concurrency"], row[key]) for row in r["levels"] if key in row]
             if points:
-                ax.plot(*zip(*points), marker="o", label=label(r))
+                ax.plot(*zip(*points), marker="o", label=label(r), color=colors[label(r)])
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrency (requests in flight)")
         ax.set_ylabel(ylabel)
@@ -76,8 +78,9 @@ def plots(report: dict, out: Path) -> list[Path]:
         row = r["levels"][0]
         if row["accepted_per_position"]:
             ks = range(1, len(row["accepted_per_position"]) + 1)
-            ax.plot(ks, row["accepted_per_position"], marker="o",
+            ax.plot(ks, row["accepted_per_position"], marker="o", color=colors[label(r)],
                     label=f"{label(r)} (AL {row['acceptance_length']:.2f})")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("draft position")
     ax.set_ylabel("acceptance rate")
     ax.set_ylim(0, 1.05)

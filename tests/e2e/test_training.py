@@ -28,6 +28,16 @@ def trained(tmp_path_factory):
     return root
 
 
+def assert_serves_losslessly(spec: dict, baseline) -> None:
+    """The draft runs in vLLM (tiny LLaVA), drafts, and the greedy tokens are the target's."""
+    with offline_llm("llava", spec) as llm:
+        got = greedy_chat(llm, conversations())
+        counters = spec_counters(llm)
+    expected = baseline("llava")
+    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
+    assert counters["num_draft_tokens"] > 0
+
+
 def test_loss_falls_and_held_out_improves(trained):
     report = json.loads((trained / "stage2" / "report.json").read_text())
     losses = [h["loss"] for h in report["history"]]
@@ -40,13 +50,8 @@ def test_export_is_in_the_published_layout_and_serves_losslessly(trained, baseli
     draft = trained / "stage2" / "draft"
     dims, _ = read_draft(draft)  # strict: exactly the published keys and shapes
     assert dims.num_q == 2 and dims.hidden_size == 256
-    spec = {"method": "vispec", "model": str(draft), "num_speculative_tokens": 2}
-    with offline_llm("llava", spec) as llm:
-        got = greedy_chat(llm, conversations())
-        counters = spec_counters(llm)
-    expected = baseline("llava")
-    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
-    assert counters["num_draft_tokens"] > 0
+    assert_serves_losslessly({"method": "vispec", "model": str(draft),
+                              "num_speculative_tokens": 2}, baseline)
 
 
 def test_resume_continues_from_the_checkpoint(trained):
@@ -71,13 +76,8 @@ def test_text_only_baseline_exports_for_vllms_own_eagle(trained, baseline):
     assert report["held_out_after"]["loss"] < report["held_out_before"]["loss"]
     config = json.loads((out / "draft" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == 1
-    spec = {"method": "eagle", "model": str(out / "draft"), "num_speculative_tokens": 2}
-    with offline_llm("llava", spec) as llm:
-        got = greedy_chat(llm, conversations())
-        counters = spec_counters(llm)
-    expected = baseline("llava")
-    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
-    assert counters["num_draft_tokens"] > 0
+    assert_serves_losslessly({"method": "eagle", "model": str(out / "draft"),
+                              "num_speculative_tokens": 2}, baseline)
 
 
 def test_recipe_trains_both_drafts_on_the_same_data_and_resumes(tmp_path):
