@@ -37,3 +37,15 @@ def test_item_recall_counts_items_named_right():
     assert scenes.item_recall(scene, text) == 1.0
     assert scenes.item_recall(scene, "In the northwest there is a red square.") == 0.5
     assert scenes.item_recall(scene, "In the center there is a blue square.") == 0.0
+
+
+def test_cell_labels_follow_the_patch_grid():
+    from vllm_vispec.tiny.demo_target import cell_labels
+    scene = [scenes.Item("red", "square", 0, 0), scenes.Item("blue", "circle", 2, 1)]
+    red, blue = 1 + list(scenes.COLORS).index("red"), 1 + list(scenes.COLORS).index("blue")
+    colours, shapes = cell_labels(scene)  # one token per cell
+    assert colours == [red, 0, 0, 0, 0, 0, 0, blue, 0]
+    assert shapes[0] == 1 + scenes.SHAPES.index("square") and shapes[1] == 0
+    colours, _ = cell_labels(scene, side=6)  # 2x2 patches per cell
+    assert [t for t, c in enumerate(colours) if c == red] == [0, 1, 6, 7]
+    assert [t for t, c in enumerate(colours) if c == blue] == [26, 27, 32, 33]

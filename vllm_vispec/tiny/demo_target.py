@@ -84,14 +84,15 @@ def training_batch(processor, rng: random.Random, size: int, max_items: int = 4)
     return batch, labels
 
 
-def cell_labels(scene: list[scenes.Item]) -> tuple[list[int], list[int]]:
-    """Per grid cell in reading order (= per image token): colour and shape class, 0 for
-    an empty cell."""
-    colours, shapes = [0] * 9, [0] * 9
-    for item in scene:
-        cell = item.row * 3 + item.col
-        colours[cell] = 1 + list(scenes.COLORS).index(item.color)
-        shapes[cell] = 1 + scenes.SHAPES.index(item.shape)
+def cell_labels(scene: list[scenes.Item], side: int = 3) -> tuple[list[int], list[int]]:
+    """Per image token (a ``side`` x ``side`` grid of patches in reading order): the
+    colour and shape class of the grid cell the patch lies in, 0 for an empty cell."""
+    by_cell = {(i.row, i.col): i for i in scene}
+    colours, shapes = [], []
+    for token in range(side * side):
+        item = by_cell.get((token // side * 3 // side, token % side * 3 // side))
+        colours.append(1 + list(scenes.COLORS).index(item.color) if item else 0)
+        shapes.append(1 + scenes.SHAPES.index(item.shape) if item else 0)
     return colours, shapes
 
 
@@ -112,7 +113,8 @@ def pretrain_vision(model, processor, rng: random.Random, steps: int = 150,
         pixels = processor.image_processor([scenes.draw(sc, IMAGE_SIZE) for sc in batch],
                                            return_tensors="pt")["pixel_values"]
         feats = tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
-        labels = [torch.tensor([cell_labels(sc)[k] for sc in batch]) for k in (0, 1)]
+        side = IMAGE_SIZE // PATCH_SIZE
+        labels = [torch.tensor([cell_labels(sc, side)[k] for sc in batch]) for k in (0, 1)]
         logits = [head(feats) for head in heads]
         loss = sum(torch.nn.functional.cross_entropy(lg.flatten(0, 1), lb.flatten())
                    for lg, lb in zip(logits, labels))
