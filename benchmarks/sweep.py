@@ -55,6 +55,21 @@ def configurations(methods: list[str], ks: list[int], vispec_ks: list[int] | Non
             yield method, k
 
 
+def run_levels(run_one, method: str, k: int, prompts, levels: list[int], args) -> dict:
+    """Each concurrency level through ``run_one(requests, concurrency)``; rows and the
+    per-prompt outputs (kept apart for the comparison with no speculation)."""
+    rows, ids = [], {}
+    for c in levels:
+        # Enough requests that the loop runs at full concurrency most of the time.
+        n = max(len(prompts), 2 * c) if args.num_prompts is None else args.num_prompts
+        level = run_one([prompts[i % len(prompts)] for i in range(n)], c)
+        rows.append(level.to_dict())
+        ids[c] = level.outputs
+        print(json.dumps({"method": method, "k": k, **{key: rows[-1][key] for key in (
+            "concurrency", "output_tokens_per_s", "acceptance_length")}}), flush=True)
+    return {"method": method, "num_speculative_tokens": k, "levels": rows, "_ids": ids}
+
+
 def run_configuration(target: str, method: str, k: int, prompts, levels: list[int],
                       args) -> dict:
     from vllm import LLM, SamplingParams
@@ -66,19 +81,11 @@ def run_configuration(target: str, method: str, k: int, prompts, levels: list[in
     load_seconds = time.perf_counter() - started
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens,
                             ignore_eos=args.ignore_eos)
-    rows, ids = [], {}
-    for c in levels:
-        # Enough requests that the loop runs at full concurrency most of the time.
-        n = max(len(prompts), 2 * c) if args.num_prompts is None else args.num_prompts
-        level = run_level(llm, [prompts[i % len(prompts)] for i in range(n)], c, params)
-        rows.append(level.to_dict())
-        ids[c] = level.outputs
-        print(json.dumps({"method": method, "k": k, **{key: rows[-1][key] for key in (
-            "concurrency", "output_tokens_per_s", "acceptance_length")}}), flush=True)
+    result = run_levels(lambda batch, c: run_level(llm, batch, c, params), method, k,
+                        prompts, levels, args)
     del llm
     gc.collect()
-    return {"method": method, "num_speculative_tokens": k, "load_seconds": load_seconds,
-            "levels": rows, "_ids": ids}
+    return {**result, "load_seconds": load_seconds}
 
 
 def compare(results: list[dict]) -> None:
@@ -110,20 +117,12 @@ def run_configuration_served(target: str, method: str, k: int, prompts, levels: 
     serve_args += ["--speculative-config", json.dumps(spec)] if spec else []
     log = args.out / "logs" / f"{method.split('=')[0]}-k{k}.log"
     started = time.perf_counter()
-    rows, ids = [], {}
     with VllmServer(target, serve_args, log_path=log) as server:
         load_seconds = time.perf_counter() - started
-        for c in levels:
-            n = max(len(prompts), 2 * c) if args.num_prompts is None else args.num_prompts
-            level = served_load.run_level(server, "bench",
-                                          [prompts[i % len(prompts)] for i in range(n)], c,
-                                          args.max_tokens, args.ignore_eos)
-            rows.append(level.to_dict())
-            ids[c] = level.outputs
-            print(json.dumps({"method": method, "k": k, **{key: rows[-1][key] for key in (
-                "concurrency", "output_tokens_per_s", "acceptance_length")}}), flush=True)
-    return {"method": method, "num_speculative_tokens": k, "load_seconds": load_seconds,
-            "levels": rows, "_ids": ids}
+        result = run_levels(lambda batch, c: served_load.run_level(
+            server, "bench", batch, c, args.max_tokens, args.ignore_eos),
+            method, k, prompts, levels, args)
+    return {**result, "load_seconds": load_seconds}
 
 
 def main(argv=None) -> int:
