@@ -1,0 +1,178 @@
+"""Paged attention for speculative *trees*: each query sees its request's cached context
+plus the tree rows on its own root-to-node path.
+
+Used twice: by the target to verify a drafted tree in one forward (queries = the root and
+every node, tree rows = their own fresh K/V), and by the draft to expand a tree level by
+level (queries = the level's nodes, tree rows = the K/V of the nodes drafted so far).
+
+- Context: ``key_cache``/``value_cache`` ``[num_blocks, block_size, kv_heads, head_dim]``
+  (any strides) and ``block_table[r, i]``, read at the request's kept positions, given as
+  half-open intervals ``kept_starts/kept_ends[cu_kept[r]:cu_kept[r + 1]]`` (the target
+  passes one interval ``[0, root position)``; the draft its compressed layout).
+- Tree rows: ``tree_key/tree_value`` ``[rows, kv_heads, head_dim]``; request ``r`` owns
+  rows ``tree_start[r] .. tree_start[r] + tree_len[r]``; query ``t`` sees row
+  ``tree_start[r] + j`` when bit ``j`` of ``ancestor_bits[t]`` is set (at most 63 rows a
+  request: int64 masks).
+
+No vLLM imports: this module runs wherever torch (and, for the kernel, Triton) does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import tl, triton, triton_usable
+
+MAX_TREE_ROWS = 63
+
+
+def ancestor_bits(parents: list[int]) -> list[int]:
+    """Bit masks of ancestors-or-self for rows whose parents come first (-1: no parent)."""
+    bits: list[int] = []
+    for i, parent in enumerate(parents):
+        if not -1 <= parent < i:
+            raise ValueError(f"row {i}: parent {parent} must be -1 or an earlier row")
+        if i >= MAX_TREE_ROWS:
+            raise ValueError(f"a tree holds at most {MAX_TREE_ROWS} rows")
+        bits.append((bits[parent] if parent >= 0 else 0) | (1 << i))
+    return bits
+
+
+def tree_paged_attention_ref(query, key_cache, value_cache, block_table, token_req,
+                             kept_starts, kept_ends, cu_kept, tree_key, tree_value,
+                             tree_start, tree_len, anc_bits, scale: float) -> torch.Tensor:
+    """PyTorch reference. ``query`` [T, heads, D] -> [T, heads, D]."""
+    out = torch.zeros_like(query)
+    block_size = key_cache.shape[1]
+    group = query.shape[1] // key_cache.shape[2]
+    cu = cu_kept.tolist()
+    starts, lens = tree_start.tolist(), tree_len.tolist()
+    for r in sorted(set(token_req.tolist())):
+        rows = (token_req == r).nonzero().squeeze(1)
+        kept = torch.cat([torch.arange(s, e) for s, e in zip(
+            kept_starts[cu[r]:cu[r + 1]].tolist(), kept_ends[cu[r]:cu[r + 1]].tolist())]
+            + [torch.zeros(0, dtype=torch.long)]).to(query.device)
+        blocks = block_table[r, kept // block_size].long()
+        tree = slice(starts[r], starts[r] + lens[r])
+        keys = torch.cat([key_cache[blocks, kept % block_size], tree_key[tree]]).float()
+        values = torch.cat([value_cache[blocks, kept % block_size], tree_value[tree]]).float()
+        keys = keys.transpose(0, 1).repeat_interleave(group, dim=0)  # [heads, n, D]
+        values = values.transpose(0, 1).repeat_interleave(group, dim=0)
+        bit = torch.arange(lens[r], device=query.device)
+        on_path = (anc_bits[rows][:, None] >> bit[None, :]) & 1 == 1
+        visible = torch.cat([on_path.new_ones(len(rows), kept.numel()), on_path], dim=1)
+        scores = query[rows].float().transpose(0, 1) @ keys.transpose(1, 2) * scale
+        scores = scores.masked_fill(~visible[None], float("-inf"))
+        probs = torch.nan_to_num(scores.softmax(-1), nan=0.0)
+        out[rows] = (probs @ values).transpose(0, 1).to(query.dtype)
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _online_update(q, k, v, s_valid, m, l, acc):
+        s = tl.where(s_valid, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        p = tl.where(s_valid, tl.exp(s - m_new), 0.0)
+        alpha = tl.exp(m - m_new)
+        return (m_new, l * alpha + tl.sum(p, axis=0),
+                acc * alpha + tl.sum(p[:, None] * v, axis=0))
+
+    @triton.jit
+    def _tree_attention_kernel(
+        q_ptr, stride_qt, stride_qh,  # [T, heads, D]
+        k_ptr, stride_kb, stride_ks, stride_kh,  # [blocks, block_size, kv_heads, D]
+        v_ptr, stride_vb, stride_vs, stride_vh,
+        tk_ptr, stride_tkt, stride_tkh,  # [rows, kv_heads, D]
+        tv_ptr, stride_tvt, stride_tvh,
+        o_ptr, stride_ot, stride_oh,
+        block_table_ptr, stride_bt,
+        token_req_ptr, kept_start_ptr, kept_end_ptr, cu_kept_ptr,
+        tree_start_ptr, tree_len_ptr, anc_ptr,
+        scale,
+        GROUP: tl.constexpr, KV_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_N: tl.constexpr, TREE_BLOCK: tl.constexpr,
+    ):
+        # One program per (query, head): online softmax over the kept context, then over
+        # the tree rows on the query's path.
+        tok = tl.program_id(0)
+        head = tl.program_id(1)
+        kv_head = head // GROUP
+        req = tl.load(token_req_ptr + tok)
+        d = tl.arange(0, HEAD_DIM)
+        q = tl.load(q_ptr + tok * stride_qt + head * stride_qh + d).to(tl.float32) * scale
+        m = tl.full((), float("-inf"), tl.float32)
+        l = tl.zeros((), tl.float32)
+        acc = tl.zeros((HEAD_DIM,), tl.float32)
+        for iv in range(tl.load(cu_kept_ptr + req), tl.load(cu_kept_ptr + req + 1)):
+            start = tl.load(kept_start_ptr + iv)
+            end = tl.load(kept_end_ptr + iv)
+            for n0 in range(start, end, BLOCK_N):
+                pos = n0 + tl.arange(0, BLOCK_N)
+                valid = pos < end
+                block = tl.load(block_table_ptr + req * stride_bt + pos // KV_BLOCK,
+                                mask=valid, other=0)
+                slot = pos % KV_BLOCK
+                k = tl.load(k_ptr + block[:, None] * stride_kb + slot[:, None] * stride_ks
+                            + kv_head * stride_kh + d[None, :], mask=valid[:, None],
+                            other=0.0).to(tl.float32)
+                v = tl.load(v_ptr + block[:, None] * stride_vb + slot[:, None] * stride_vs
+                            + kv_head * stride_vh + d[None, :], mask=valid[:, None],
+                            other=0.0).to(tl.float32)
+                m, l, acc = _online_update(q, k, v, valid, m, l, acc)
+        first = tl.load(tree_start_ptr + req)
+        count = tl.load(tree_len_ptr + req)
+        bits = tl.load(anc_ptr + tok)
+        j = tl.arange(0, TREE_BLOCK)
+        on_path = (j < count) & (((bits >> j.to(tl.int64)) & 1) == 1)
+        row = first + j
+        k = tl.load(tk_ptr + row[:, None] * stride_tkt + kv_head * stride_tkh + d[None, :],
+                    mask=on_path[:, None], other=0.0).to(tl.float32)
+        v = tl.load(tv_ptr + row[:, None] * stride_tvt + kv_head * stride_tvh + d[None, :],
+                    mask=on_path[:, None], other=0.0).to(tl.float32)
+        m, l, acc = _online_update(q, k, v, on_path, m, l, acc)
+        out = tl.where(l > 0, acc / tl.maximum(l, 1e-30), 0.0)
+        tl.store(o_ptr + tok * stride_ot + head * stride_oh + d,
+                 out.to(o_ptr.dtype.element_ty))
+
+
+def tree_paged_attention_triton(query, key_cache, value_cache, block_table, token_req,
+                                kept_starts, kept_ends, cu_kept, tree_key, tree_value,
+                                tree_start, tree_len, anc_bits, scale: float,
+                                block_n: int = 32) -> torch.Tensor:
+    num_tokens, heads, head_dim = query.shape
+    out = torch.empty_like(query)
+    if num_tokens == 0:
+        return out
+    _tree_attention_kernel[(num_tokens, heads)](
+        query, query.stride(0), query.stride(1),
+        key_cache, key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache, value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        tree_key, tree_key.stride(0), tree_key.stride(1),
+        tree_value, tree_value.stride(0), tree_value.stride(1),
+        out, out.stride(0), out.stride(1),
+        block_table, block_table.stride(0),
+        token_req, kept_starts, kept_ends, cu_kept, tree_start, tree_len, anc_bits,
+        scale,
+        GROUP=heads // key_cache.shape[2], KV_BLOCK=key_cache.shape[1], HEAD_DIM=head_dim,
+        BLOCK_N=block_n, TREE_BLOCK=64,
+    )
+    return out
+
+
+def tree_kernel_supports(query: torch.Tensor, key_cache: torch.Tensor,
+                         tree_key: torch.Tensor) -> bool:
+    head_dim = query.shape[-1]
+    return (triton_usable(query) and head_dim & (head_dim - 1) == 0 and head_dim >= 16
+            and key_cache.stride(-1) == 1 and query.stride(-1) == 1
+            and tree_key.stride(-1) == 1)
+
+
+def tree_paged_attention(*args, scale: float) -> torch.Tensor:
+    """The dispatch point: the Triton kernel where it can run (CUDA, or the interpreter),
+    the PyTorch reference elsewhere."""
+    query, key_cache, tree_key = args[0], args[1], args[8]
+    if tree_kernel_supports(query, key_cache, tree_key) and query.is_cuda:
+        return tree_paged_attention_triton(*args, scale=scale)
+    return tree_paged_attention_ref(*args, scale=scale)

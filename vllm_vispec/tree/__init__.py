@@ -1,0 +1,1 @@
+"""EAGLE-2 style dynamic trees: the options, the tree a draft grows, and its verification."""

@@ -1,0 +1,70 @@
+"""The ``"tree"`` option of a vispec speculative config, and when to use the tree.
+
+``"tree": {"depth": 3, "top_k": 8, "total_tokens": 30}`` drafts an EAGLE-2 dynamic tree
+(``depth`` levels, ``top_k`` children per expanded node and ``top_k`` nodes expanded per
+level, the ``total_tokens`` best nodes kept); without it vispec drafts a chain of
+``num_speculative_tokens``. A tree costs the target ``total_tokens`` verified tokens per
+request, so under load it stops paying: above ``chain_above_batch`` running requests the
+step drafts a chain, above ``off_above_batch`` nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..kernels.tree_attention import MAX_TREE_ROWS
+
+# Measured on the CPU demo target (benchmarks/results/tree-vs-chain): see the README.
+DEFAULT_CHAIN_ABOVE_BATCH = 1
+DEFAULT_OFF_ABOVE_BATCH = 1_000_000
+
+
+@dataclass(frozen=True)
+class TreeOptions:
+    depth: int = 3
+    top_k: int = 8
+    total_tokens: int = 30
+    chain_above_batch: int = DEFAULT_CHAIN_ABOVE_BATCH
+    off_above_batch: int = DEFAULT_OFF_ABOVE_BATCH
+
+    @classmethod
+    def parse(cls, value: Any) -> "TreeOptions":
+        if not isinstance(value, dict):
+            raise ValueError(f'vispec "tree" must be an object such as {{"depth": 3, '
+                             f'"top_k": 8, "total_tokens": 30}}, got {value!r}')
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f'unknown vispec "tree" option(s) {unknown}; valid: '
+                             f"{sorted(names)}")
+        for name, v in value.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f'vispec "tree" option {name!r} must be a positive '
+                                 f"integer, got {v!r}")
+        options = cls(**value)
+        options.check()
+        return options
+
+    def check(self) -> None:
+        if self.total_tokens > MAX_TREE_ROWS - 1:
+            raise ValueError(f'vispec "tree": total_tokens is at most {MAX_TREE_ROWS - 1} '
+                             f"(got {self.total_tokens})")
+        if self.top_k * max(1, self.depth - 1) > MAX_TREE_ROWS:
+            raise ValueError(f'vispec "tree": top_k * (depth - 1) is at most '
+                             f"{MAX_TREE_ROWS} (got {self.top_k} * {self.depth - 1})")
+        if self.total_tokens < self.depth:
+            raise ValueError('vispec "tree": total_tokens must be at least depth '
+                             f"({self.total_tokens} < {self.depth})")
+        if self.chain_above_batch > self.off_above_batch:
+            raise ValueError('vispec "tree": chain_above_batch must not exceed '
+                             "off_above_batch")
+
+    def mode(self, batch_size: int) -> str:
+        """"tree", "chain" or "off" for a step with ``batch_size`` running requests."""
+        if batch_size > self.off_above_batch:
+            return "off"
+        return "tree" if batch_size <= self.chain_above_batch else "chain"
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
