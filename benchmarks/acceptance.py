@@ -9,7 +9,8 @@ speculation. Example (the trained demo target, its ViSpec and text-only EAGLE dr
         --method eagle=demo --method ngram -k 1 2 3 4 5 \\
         --out benchmarks/results/acceptance-demo.json
 
-``--method`` takes ``vispec=DRAFT``, ``eagle=DRAFT`` (vLLM's own EAGLE) or ``ngram``; see
+``--method`` takes ``vispec=DRAFT``, ``vispec-tree=DRAFT`` (EAGLE-2 trees, 3,8,30),
+``eagle=DRAFT`` (vLLM's own EAGLE) or ``ngram``; see
 ``benchmarks/common.py`` for the ``demo`` and ``tiny:KIND`` shorthands.
 """
 

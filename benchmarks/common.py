@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-SPEC_METHODS = ("vispec", "eagle")
+SPEC_METHODS = ("vispec", "vispec-tree", "eagle")
+# vispec-tree=DRAFT: ViSpec with EAGLE-2 trees at every batch size (the paper's setting by
+# default; the chain fallback's thresholds are what the tree-vs-chain runs measure).
+TREE = {"depth": 3, "top_k": 8, "total_tokens": 30}
 
 
 def resolve_target(name: str) -> str:
@@ -44,13 +47,15 @@ def resolve_draft(name: str, method: str) -> str:
 
 
 def parse_method(method: str) -> tuple[str, str | None]:
-    """``none``, ``ngram``, ``vispec=DRAFT`` or ``eagle=DRAFT`` -> (name, draft)."""
+    """``none``, ``ngram``, ``vispec=DRAFT``, ``vispec-tree=DRAFT`` or ``eagle=DRAFT`` ->
+    (name, draft)."""
     name, _, draft = method.partition("=")
     if name in ("none", "ngram") and not draft:
         return name, None
     if name in SPEC_METHODS and draft:
         return name, draft
-    raise SystemExit(f"unknown method {method!r}: use none, ngram, vispec=DRAFT or eagle=DRAFT")
+    raise SystemExit(f"unknown method {method!r}: use none, ngram, vispec=DRAFT, "
+                     "vispec-tree=DRAFT or eagle=DRAFT")
 
 
 def speculative_config(method: str, k: int) -> dict | None:
@@ -60,7 +65,20 @@ def speculative_config(method: str, k: int) -> dict | None:
     if name == "ngram":
         return {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 3,
                 "prompt_lookup_min": 1}
+    if name == "vispec-tree":
+        return {"method": "vispec", "model": resolve_draft(draft, "vispec"),
+                "num_speculative_tokens": k,
+                "tree": {**TREE, "chain_above_batch": 1 << 30, "off_above_batch": 1 << 30}}
     return {"method": name, "model": resolve_draft(draft, name), "num_speculative_tokens": k}
+
+
+def parse_tree(value: str) -> dict:
+    """``DEPTH,TOP_K,TOTAL_TOKENS`` -> the tree options of vispec-tree."""
+    try:
+        depth, top_k, total = (int(v) for v in value.split(","))
+    except ValueError:
+        raise SystemExit(f"--tree wants DEPTH,TOP_K,TOTAL_TOKENS, e.g. 3,8,30 (got {value!r})")
+    return {"depth": depth, "top_k": top_k, "total_tokens": total}
 
 
 def held_out_prompts(count: int, seed: int) -> list[tuple[list, list]]:

@@ -36,7 +36,8 @@ import os
 import time
 from pathlib import Path
 
-from common import parse_method, resolve_target, speculative_config
+import common
+from common import parse_method, parse_tree, resolve_target, speculative_config
 from datasets_local import load_prompts
 from offline_load import run_level
 
@@ -50,6 +51,9 @@ def configurations(methods: list[str], ks: list[int], vispec_ks: list[int] | Non
         name, _ = parse_method(method)
         if name == "none":
             yield method, 0
+            continue
+        if name == "vispec-tree":  # k is the tree's chain fallback, unused here
+            yield method, common.TREE["depth"]
             continue
         for k in (vispec_ks if name == "vispec" and vispec_ks else ks):
             yield method, k
@@ -73,6 +77,7 @@ def run_levels(run_one, method: str, k: int, prompts, levels: list[int], args) -
 def run_configuration(target: str, method: str, k: int, prompts, levels: list[int],
                       args) -> dict:
     from vllm import LLM, SamplingParams
+    common.TREE.update(args.tree or {})  # a spawned process starts from the defaults
     started = time.perf_counter()
     llm = LLM(model=target, dtype=args.dtype, max_model_len=args.max_model_len,
               enforce_eager=args.enforce_eager, limit_mm_per_prompt={"image": 2},
@@ -107,6 +112,7 @@ def compare(results: list[dict]) -> None:
 def run_configuration_served(target: str, method: str, k: int, prompts, levels: list[int],
                              args) -> dict:
     import served_load
+    common.TREE.update(args.tree or {})
 
     from vllm_vispec.serve_process import VllmServer
     spec = speculative_config(method, k)
@@ -134,10 +140,13 @@ def main(argv=None) -> int:
     p.add_argument("--target", default="demo",
                    help="target folder or hub id, demo or tiny:KIND (%(default)s)")
     p.add_argument("--method", action="append", default=None,
-                   help="none, ngram, eagle=DRAFT or vispec=DRAFT (repeatable); DRAFT may be "
-                   "demo. Default: none, ngram, eagle=demo, vispec=demo")
+                   help="none, ngram, eagle=DRAFT, vispec=DRAFT or vispec-tree=DRAFT "
+                   "(repeatable); DRAFT may be demo. Default: none, ngram, eagle=demo, "
+                   "vispec=demo")
     p.add_argument("-k", "--num-speculative-tokens", type=int, nargs="+", default=[1, 2, 3, 4, 5],
                    help="draft lengths to run (%(default)s)")
+    p.add_argument("--tree", type=parse_tree, default=None, metavar="DEPTH,TOP_K,TOTAL",
+                   help="tree of the vispec-tree method (default 3,8,30, the paper's)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--dataset", default="demo",
                    help="demo (held-out pictures of the demo domain) or a dataset file; see "
@@ -167,6 +176,8 @@ def main(argv=None) -> int:
     args.method = args.method or QUICK["methods"]
     for method in args.method:
         parse_method(method)  # refuse a bad method before any model is built
+    if args.tree:
+        common.TREE.update(args.tree)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
     target = resolve_target(args.target)

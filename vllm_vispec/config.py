@@ -12,8 +12,11 @@ import os
 from typing import Any
 
 from .model.checkpoint import prepare_draft
+from .tree.options import TreeOptions
 
 METHOD = "vispec"
+# Options of ours, beyond vLLM's speculative config fields.
+VISPEC_FIELDS = {"tree"}
 
 # vLLM's own fields that a user may not set with vispec, and why.
 UNSUPPORTED_FIELDS = {
@@ -34,7 +37,7 @@ def is_vispec(spec: dict[str, Any] | None) -> bool:
 
 
 def validate_options(spec: dict[str, Any]) -> None:
-    allowed = speculative_config_fields()
+    allowed = speculative_config_fields() | VISPEC_FIELDS
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValueError(
@@ -48,6 +51,8 @@ def validate_options(spec: dict[str, Any]) -> None:
         raise ValueError(
             '"method": "vispec" needs "num_speculative_tokens", a positive integer '
             f"(got {n!r})")
+    if "tree" in spec:
+        TreeOptions.parse(spec["tree"])
 
 
 def check_model_runner() -> None:
@@ -64,11 +69,19 @@ def to_eagle_config(spec: dict[str, Any], target_model_config: Any) -> dict[str,
     spec = {k.replace("-", "_"): v for k, v in spec.items()}
     validate_options(spec)
     check_model_runner()
+    chain_tokens = spec["num_speculative_tokens"]
+    tree = TreeOptions.parse(spec.pop("tree")) if "tree" in spec else None
+    drafting = {"chain_tokens": chain_tokens, "tree": tree.as_dict() if tree else None}
     draft = prepare_draft(
         spec.get("model"),
         target_name=str(target_model_config.model),
         target_hidden=target_model_config.get_hidden_size(),
         target_vocab=target_model_config.get_vocab_size(),
         target_max_len=target_model_config.max_model_len,
+        drafting=drafting,
     )
-    return {**spec, "method": "eagle", "model": str(draft)}
+    # vLLM sizes its buffers and stats by num_speculative_tokens: with a tree, that is
+    # the tree's size (a chain step then drafts fewer).
+    num_tokens = max(chain_tokens, tree.total_tokens) if tree else chain_tokens
+    return {**spec, "method": "eagle", "model": str(draft),
+            "num_speculative_tokens": num_tokens}

@@ -8,7 +8,9 @@ needs and vLLM does not give:
 - each image's summary, computed from the target's encoder output when the chunk holding
   its compressed slot is drafted, and the compressed tokens placed in that slot;
 - the global vector of the latest earlier image for every slot (zero before any image);
-- attention metadata that reads only the kept slots of each request.
+- attention metadata that reads only the kept slots of each request;
+- with ``"tree"`` in the config, EAGLE-2 dynamic trees (tree/), or a chain or nothing
+  under load.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from vllm.logger import init_logger
 from vllm.v1.spec_decode.eagle import EagleProposer
 
 from .image_state import ImageSlots, ImageStateStore, ImageSummary, image_slots, kept_intervals
-from .model.compressed_attention import CompressedAttentionMetadata
+from .model.compressed_attention import CompressedAttentionMetadata, TreeRows
+from .model.hf_config import drafting_from_hf_config
 from .model.step_inputs import DraftStepInputs
+from .tree.dynamic_tree import DraftTree, TreeGrowth
+from .tree.options import TreeOptions
+from .tree.target_step import TreeStep, plain_sampling
 
 logger = init_logger(__name__)
 
@@ -34,6 +40,15 @@ class VispecProposer(EagleProposer):
         self._attention: CompressedAttentionMetadata | None = None
         self._missing_warned = False
         self._kept_token_indices: torch.Tensor | None = None
+        drafting = drafting_from_hf_config(
+            vllm_config.speculative_config.draft_model_config.hf_config)
+        self.chain_tokens: int = drafting.get("chain_tokens") or self.num_speculative_tokens
+        tree = drafting.get("tree")
+        self.tree_options = TreeOptions(**tree) if tree else None
+        self.trees: dict[str, DraftTree] = {}  # the tree each request was last given
+        self.accepted_step: TreeStep | None = None  # set by the tree sampler patch
+        self._first_hidden: torch.Tensor | None = None
+        self.mode_counts = {"tree": 0, "chain": 0, "off": 0}  # drafting steps by mode
 
     # ---- per propose() call ---------------------------------------------------------------
     def propose(self, num_speculative_tokens, target_token_ids, target_positions,
@@ -43,8 +58,26 @@ class VispecProposer(EagleProposer):
         runner = self.vispec_runner
         num_q = self._draft().dims.num_q
         self.image_store.retain(runner.requests)
+        req_ids = runner.input_batch.req_ids[:common_attn_metadata.num_reqs]
         self._batch = [(req_id, image_slots(runner.requests[req_id].mm_features, num_q))
-                       for req_id in runner.input_batch.req_ids[:common_attn_metadata.num_reqs]]
+                       for req_id in req_ids]
+        self.trees = {r: t for r, t in self.trees.items() if r in runner.requests}
+        step, self.accepted_step = self.accepted_step, None
+        if step is not None:
+            # Lay each accepted tree path right after its root, as for a chain.
+            dst, src = step.chain_rows()
+            if dst:
+                dst_t = torch.tensor(dst, device=target_token_ids.device)
+                src_t = torch.tensor(src, device=target_token_ids.device)
+                target_token_ids[dst_t] = target_token_ids[src_t].clone()
+                target_hidden_states[dst_t] = target_hidden_states[src_t].clone()
+        mode = self._drafting_mode(req_ids)
+        self.mode_counts[mode] += 1
+        if mode != "tree":
+            for req_id in req_ids:
+                self.trees.pop(req_id, None)
+            num_speculative_tokens = (0 if mode == "off"
+                                      else min(self.chain_tokens, num_speculative_tokens))
         # 1-D token positions for the draft (the target's may be M-RoPE).
         target_positions = self._token_positions(common_attn_metadata,
                                                  target_token_ids.shape[0])
@@ -55,11 +88,130 @@ class VispecProposer(EagleProposer):
             # select the kept tokens' entries (rejected tokens are never image tokens).
             embeds, is_mm = mm_embed_inputs
             mm_embed_inputs = (embeds, is_mm[kept.to(is_mm.device).long()])
-        return super().propose(
-            num_speculative_tokens, target_token_ids, target_positions,
-            target_hidden_states, next_token_ids, token_indices_to_sample,
-            common_attn_metadata, sampling_metadata, mm_embed_inputs,
-            num_rejected_tokens_gpu, slot_mappings)
+        if mode != "tree":
+            return super().propose(
+                num_speculative_tokens, target_token_ids, target_positions,
+                target_hidden_states, next_token_ids, token_indices_to_sample,
+                common_attn_metadata, sampling_metadata, mm_embed_inputs,
+                num_rejected_tokens_gpu, slot_mappings)
+        # The first pass (vLLM's, one draft token) leaves the draft's feature at each
+        # request's last token in _first_hidden; the tree grows from there.
+        self._first_hidden = None
+        super().propose(1, target_token_ids, target_positions, target_hidden_states,
+                        next_token_ids, token_indices_to_sample, common_attn_metadata,
+                        sampling_metadata, mm_embed_inputs, num_rejected_tokens_gpu,
+                        slot_mappings)
+        trees = self._grow_trees(common_attn_metadata, token_indices_to_sample)
+        for req_id, tree in zip(req_ids, trees):
+            self.trees[req_id] = tree
+        return torch.tensor([t.tokens for t in trees], dtype=torch.int64,
+                            device=target_token_ids.device)
+
+    def _sample_draft_tokens(self, hidden_states, sampling_metadata):
+        self._first_hidden = hidden_states
+        return super()._sample_draft_tokens(hidden_states, sampling_metadata)
+
+    # ---- trees ---------------------------------------------------------------------------
+    def _drafting_mode(self, req_ids) -> str:
+        """"tree", "chain" or "off" for this step."""
+        if self.tree_options is None:
+            return "chain"
+        mode = self.tree_options.mode(len(req_ids))
+        if mode == "tree" and not plain_sampling(
+                self.vispec_runner.input_batch.sampling_metadata,
+                [self.vispec_runner.requests[r] for r in req_ids]):
+            return "chain"  # tree verification implements plain sampling only
+        return mode
+
+    def target_kv_group(self, runner) -> int:
+        for gid, group in enumerate(runner.kv_cache_config.kv_cache_groups):
+            if any(name not in self._draft_attn_layer_names for name in group.layer_names):
+                return gid
+        raise RuntimeError("vispec: no KV cache group holds the target's layers")
+
+    def target_kv_caches(self, runner) -> list[tuple[torch.Tensor, str]]:
+        """(cache, CPU attention ISA) of every target attention layer, each cache once."""
+        out, seen = [], set()
+        context = runner.compilation_config.static_forward_context
+        for group in runner.kv_cache_config.kv_cache_groups:
+            for name in group.layer_names:
+                layer = context.get(name)
+                if name in self._draft_attn_layer_names or layer is None:
+                    continue
+                kv = layer.kv_cache
+                if isinstance(kv, torch.Tensor) and kv.data_ptr() not in seen:
+                    seen.add(kv.data_ptr())
+                    out.append((kv, layer.isa))
+        return out
+
+    @torch.inference_mode()
+    def _grow_trees(self, cad, token_indices_to_sample) -> list[DraftTree]:
+        """EAGLE-2 expansion: ``depth - 1`` draft passes over each level's ``top_k`` best
+        nodes; each node attends to its request's context and its own path."""
+        options, draft = self.tree_options, self._draft()
+        k, dims = options.top_k, draft.dims
+        first = self._first_hidden
+        batch = first.shape[0]
+        growth = TreeGrowth.start(self.model.compute_logits(first).log_softmax(-1), k)
+        last_pos = self.positions[token_indices_to_sample[:batch]].long()
+        device = first.device
+        intervals = [kept_intervals(images, int(last_pos[r]) + 1)
+                     for r, (_, images) in enumerate(self._batch)]
+        flat = [iv for req in intervals for iv in req]
+        cu_kept = [0]
+        for req in intervals:
+            cu_kept.append(cu_kept[-1] + len(req))
+        rows_per_req = k * max(1, options.depth - 1)
+        tree_key = torch.zeros(batch * rows_per_req, dims.num_kv_heads, dims.head_dim,
+                               dtype=first.dtype, device=device)
+        tree_value = torch.zeros_like(tree_key)
+        row_of = torch.full((batch, growth.tokens.shape[1] + options.depth * k * k), -1,
+                            dtype=torch.long)
+        row_bits = torch.zeros(batch, rows_per_req, dtype=torch.int64)
+        row_features = first.new_zeros(batch, rows_per_req, first.shape[-1])
+        arange_b = torch.arange(batch)
+
+        def int32(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int32, device=device)
+        for level in range(1, options.depth):
+            frontier = growth.frontier  # [batch, k] candidates of this level
+            parents = growth.parents.gather(1, frontier)
+            rows = torch.arange((level - 1) * k, level * k).expand(batch, k)
+            parent_rows = row_of.gather(1, parents.clamp(min=0))
+            if level == 1:
+                features = first[:, None].expand(batch, k, first.shape[-1])
+                bits = torch.zeros(batch, k, dtype=torch.int64)
+            else:
+                features = row_features[arange_b[:, None], parent_rows]
+                bits = row_bits.gather(1, parent_rows)
+            bits = bits | (1 << rows)
+            row_bits.scatter_(1, rows, bits)
+            row_of.scatter_(1, frontier, rows)
+            # contiguous: vLLM's CPU rotary kernel reads positions densely
+            positions = (last_pos[:, None] + level).expand(batch, k).flatten().contiguous()
+            meta = CompressedAttentionMetadata(
+                query_start_loc=[r * k for r in range(batch + 1)],
+                query_positions=positions.to(device),
+                token_req=torch.arange(batch, dtype=torch.int32).repeat_interleave(k)
+                .to(device),
+                slot_mapping=torch.full((batch * k,), -1, dtype=torch.long, device=device),
+                block_table=cad.block_table_tensor,
+                kept_starts=int32([a for a, _ in flat]), kept_ends=int32([b for _, b in flat]),
+                cu_kept=int32(cu_kept),
+                tree=TreeRows(key=tree_key, value=tree_value,
+                              write_rows=(arange_b[:, None] * rows_per_req + rows).flatten()
+                              .to(device),
+                              start=int32([r * rows_per_req for r in range(batch)]),
+                              length=int32([level * k] * batch),
+                              anc_bits=bits.flatten().to(device)))
+            draft.step = DraftStepInputs(attention=meta, global_vectors=self._global_vectors(meta))
+            out, _ = self.model(input_ids=growth.frontier_tokens().flatten().to(device),
+                                positions=meta.query_positions,
+                                hidden_states=features.reshape(batch * k, -1).contiguous())
+            row_features[arange_b[:, None], rows] = out.view(batch, k, -1)
+            logprobs = self.model.compute_logits(out).log_softmax(-1)
+            growth.extend(logprobs.view(batch, k, -1))
+        return growth.select(options.total_tokens)
 
     def prepare_inputs(self, common_attn_metadata, sampled_token_ids, num_draft_tokens):
         cad, token_indices = super().prepare_inputs(common_attn_metadata, sampled_token_ids,

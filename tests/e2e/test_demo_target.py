@@ -1,5 +1,5 @@
 """The demo target's builder: a few training steps produce a LLaVA checkpoint that HF
-transformers loads with every key matched, 9 image tokens per picture."""
+transformers loads with every key matched, 36 image tokens per picture."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_builder_trains_and_saves_a_loadable_target(tmp_path):
     img = scenes.draw(scenes.random_scene(__import__("random").Random(0)), IMAGE_SIZE)
     ids = processor(text="USER: <image>\nDescribe the image.\nASSISTANT:", images=img,
                     return_tensors="pt")["input_ids"][0]
-    assert int((ids == model.config.image_token_index).sum()) == 9
+    assert int((ids == model.config.image_token_index).sum()) == 36
 
 
 def test_evaluation_reports_recall_and_length(tmp_path):

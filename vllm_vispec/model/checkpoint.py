@@ -97,7 +97,8 @@ def check_against_target(dims: DraftDims, source: str, target_name: str,
 
 
 def prepare_draft(model: str | None, target_name: str, target_hidden: int,
-                  target_vocab: int, target_max_len: int) -> Path:
+                  target_vocab: int, target_max_len: int,
+                  drafting: dict | None = None) -> Path:
     """Checks the draft and writes the directory vLLM loads: our config + its weights."""
     draft_dir = locate_draft(model)
     dims, weights = read_draft(draft_dir)
@@ -106,7 +107,7 @@ def prepare_draft(model: str | None, target_name: str, target_hidden: int,
     # the target's whole context.
     dims = replace(dims, max_position_embeddings=max(dims.max_position_embeddings,
                                                      target_max_len))
-    config = vllm_config_dict(dims, source=str(draft_dir))
+    config = vllm_config_dict(dims, source=str(draft_dir), drafting=drafting)
     stat = weights.stat()
     key = hashlib.sha256(json.dumps(
         [str(weights), stat.st_size, stat.st_mtime_ns, config], sort_keys=True).encode()

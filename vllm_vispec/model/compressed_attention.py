@@ -21,6 +21,20 @@ from ..kernels.compressed_attention import (compressed_paged_attention_ref,
 
 
 @dataclass
+class TreeRows:
+    """A tree level's extra keys: the K/V of the tree nodes drafted so far (see
+    kernels/tree_attention.py). The level's queries write theirs at ``write_rows`` and
+    skip the paged cache."""
+
+    key: torch.Tensor  # [rows, kv_heads, head_dim]
+    value: torch.Tensor
+    write_rows: torch.Tensor  # [num_tokens] row of each query's own K/V
+    start: torch.Tensor  # [num_reqs] int32 first row of each request
+    length: torch.Tensor  # [num_reqs] int32 rows of each request, this level's included
+    anc_bits: torch.Tensor  # [num_tokens] int64 rows on each query's path (itself too)
+
+
+@dataclass
 class CompressedAttentionMetadata:
     """One forward's view of the batch."""
 
@@ -33,6 +47,7 @@ class CompressedAttentionMetadata:
     kept_starts: torch.Tensor  # int32
     kept_ends: torch.Tensor  # int32
     cu_kept: torch.Tensor  # [num_reqs + 1] int32
+    tree: TreeRows | None = None  # set while a draft tree grows
 
 
 def paged_kv_views(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,10 @@ from .layout import DraftDims
 DRAFT_ARCHITECTURE = "EagleVispecForCausalLM"
 
 
-def vllm_config_dict(dims: DraftDims, source: str) -> dict[str, Any]:
+def vllm_config_dict(dims: DraftDims, source: str,
+                     drafting: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config vLLM loads the draft with; ``drafting`` (chain length, tree options)
+    rides along for the proposer, which vLLM's speculative config has no field for."""
     return {
         "architectures": [DRAFT_ARCHITECTURE],
         "model_type": "llama",
@@ -31,7 +34,7 @@ def vllm_config_dict(dims: DraftDims, source: str) -> dict[str, Any]:
         "rope_parameters": {"rope_type": "default", "rope_theta": dims.rope_theta},
         "hidden_act": "silu",
         "tie_word_embeddings": False,
-        "vispec": {"dims": dims.to_dict(), "source": source},
+        "vispec": {"dims": dims.to_dict(), "source": source, "drafting": drafting or {}},
     }
 
 
@@ -43,3 +46,7 @@ def dims_from_hf_config(hf_config: Any) -> DraftDims:
             '"method": "vispec" in the speculative config instead of naming the '
             "architecture directly")
     return DraftDims(**vispec["dims"])
+
+
+def drafting_from_hf_config(hf_config: Any) -> dict[str, Any]:
+    return dict(getattr(hf_config, "vispec", {}).get("drafting", {}))

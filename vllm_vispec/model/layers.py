@@ -14,6 +14,7 @@ from vllm.model_executor.layers.rotary_embedding import get_rope
 
 from ..kernels._triton import triton_usable
 from ..kernels.image_compression import compress_images, fold_queries
+from ..kernels.tree_attention import tree_paged_attention
 from .compressed_attention import (CompressedAttentionMetadata, compressed_paged_attention,
                                    paged_kv_views, write_kv)
 from .layout import DraftDims
@@ -62,12 +63,26 @@ class DraftAttention(nn.Module):
         k = k.reshape(n, self.num_kv_heads, self.head_dim)
         v = v.reshape(n, self.num_kv_heads, self.head_dim)
         key_cache, value_cache = paged_kv_views(self.attn.kv_cache)
-        write_kv(key_cache, value_cache, k, v, meta.slot_mapping)
-        attn = compressed_paged_attention(q, key_cache, value_cache, meta, self.scale)
+        if meta.tree is None:
+            write_kv(key_cache, value_cache, k, v, meta.slot_mapping)
+            attn = compressed_paged_attention(q, key_cache, value_cache, meta, self.scale)
+        else:
+            attn = self._tree_attention(q, k, v, key_cache, value_cache, meta)
         out, _ = self.o_proj(attn.reshape(n, self.q_size))
         if n < x.shape[0]:  # rows vLLM padded the batch with
             out = torch.cat((out, out.new_zeros(x.shape[0] - n, out.shape[1])))
         return out
+
+
+    def _tree_attention(self, q, k, v, key_cache, value_cache,
+                        meta: CompressedAttentionMetadata) -> torch.Tensor:
+        tree = meta.tree
+        tree.key[tree.write_rows] = k.to(tree.key.dtype)
+        tree.value[tree.write_rows] = v.to(tree.value.dtype)
+        return tree_paged_attention(
+            q, key_cache, value_cache, meta.block_table, meta.token_req, meta.kept_starts,
+            meta.kept_ends, meta.cu_kept, tree.key, tree.value, tree.start, tree.length,
+            tree.anc_bits, scale=self.scale)
 
 
 class DraftMLP(nn.Module):

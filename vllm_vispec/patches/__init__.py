@@ -5,15 +5,18 @@
 | speculative_method_vispec | EngineArgs.create_speculative_config | vLLM can register a speculative method |
 | classic_runner_for_vispec | VllmConfig._get_v2_model_runner_unsupported_features | our Model Runner V2 speculator exists |
 | vispec_proposer | EagleProposer.__new__ | vLLM lets a plugin provide the proposer of a method |
+| tree_positions | GPUModelRunner._prepare_inputs | vLLM verifies speculative trees again |
+| tree_attention_cpu | CPUAttentionBackendImpl.forward | vLLM verifies speculative trees again |
+| tree_sampler | GPUModelRunner._sample | vLLM verifies speculative trees again |
 """
 
 from __future__ import annotations
 
-from . import proposer_selection, runner_selection, speculative_method
+from . import proposer_selection, runner_selection, speculative_method, tree_verification
 from .registry import Patch
 
 PATCHES: tuple[Patch, ...] = (speculative_method.PATCH, runner_selection.PATCH,
-                              proposer_selection.PATCH)
+                              proposer_selection.PATCH, *tree_verification.PATCHES)
 
 
 def apply_all() -> None:

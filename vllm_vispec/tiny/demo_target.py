@@ -3,13 +3,15 @@ shapes (colour, shape and place of each, then the count) in long answers, traine
 CPU in 25 minutes.
 
 8 decoder layers at hidden 512 (so one draft layer costs well under a tenth of a target
-step), a CLIP tower that sees 84x84 pictures as 9 image tokens (one 28x28 patch per grid
-cell), and a tokenizer trained on the domain's text. Training: a few seconds of supervised
+step), a CLIP tower that sees 84x84 pictures as 36 image tokens (2x2 patches of 14x14 per
+grid cell), and a tokenizer trained on the domain's text. Training: a few seconds of supervised
 pre-training of the tower (each image token learns its cell's colour and shape), then the
-projector and language model in bf16 autocast (about 2.5x faster than fp32 on AVX512-BF16
-CPUs), one shape per picture for the first fifth of the time, cosine schedule over the time
+projector and language model (in bf16 autocast where the CPU has native bf16: about 2.5x
+faster than fp32), one shape per picture for the first fifth of the time, cosine schedule over the time
 budget; the weights are saved in fp32. Without the tower pre-training (64, 36 or 9 image
-tokens) 25 minutes gave a model that describes the template but not the picture.
+tokens) 25 minutes gave a model that describes the template but not the picture; with it,
+9 image tokens (one per cell) recalled a third of the shapes on held-out pictures and 36
+recalled all of them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .tokenizer import train_tokenizer, wrap
 
 VOCAB = 512
 IMAGE_SIZE = 84
-PATCH_SIZE = 28
+PATCH_SIZE = 14  # 2x2 patches per grid cell: 36 image tokens
 SINGLE_SHAPE_FRACTION = 0.2
 
 
@@ -139,8 +141,11 @@ def _content_accuracy(logits, labels, content_ids) -> float:
 
 def train_demo_target(out: Path, minutes: float = 25.0, batch_size: int = 16,
                       lr: float = 1e-3, projector_lr_scale: float = 3.0, seed: int = 0,
-                      progress: bool = True, bf16: bool = True) -> dict:
+                      progress: bool = True, bf16: bool | None = None) -> dict:
     from transformers import LlavaForConditionalGeneration
+
+    from ..train.precision import resolve_bf16
+    bf16 = resolve_bf16(bf16)  # bf16 autocast where the CPU has it natively
     out.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(LLAVA_SPECIALS, VOCAB, seed, corpus=scenes.corpus(seed=seed))
     ids = {t: tok.token_to_id(t) for t in LLAVA_SPECIALS}

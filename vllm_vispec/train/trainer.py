@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from .draft import TrainableDraft, loss_slots
+from .precision import resolve_bf16
 from .losses import LOSSES, top1_accuracy
 from .target_features import Sample
 
@@ -89,6 +90,7 @@ def train(model: TrainableDraft, samples: list[Sample], cfg: TrainConfig, out_di
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, history = ckpt["epoch"], ckpt["history"]
     gen = torch.Generator().manual_seed(cfg.seed)
+    bf16 = resolve_bf16(cfg.bf16, warn=tqdm.write)
     for epoch in range(start_epoch, cfg.epochs):
         order = list(range(len(samples)))
         random.Random(cfg.seed + epoch).shuffle(order)
@@ -96,7 +98,7 @@ def train(model: TrainableDraft, samples: list[Sample], cfg: TrainConfig, out_di
                    disable=not progress)
         losses, accs = [], []
         for i in bar:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss, acc = sample_loss(model, samples[i], cfg, gen)
             opt.zero_grad()
             loss.backward()

@@ -1,0 +1,109 @@
+"""Patches: tree verification in vLLM's classic runner on the CPU backend (see
+tree/target_step.py for the step itself). All three act only in steps that verify a
+branching vispec tree; every other step runs vLLM's code unchanged."""
+
+from __future__ import annotations
+
+from .registry import Patch
+
+# The tree step of the forward in flight, read by the attention patch.
+_ACTIVE: dict = {"step": None}
+
+
+def _tree_step_for(runner, scheduler_output):
+    from ..proposer import VispecProposer
+    from ..tree.target_step import TreeStep
+    drafter = getattr(runner, "drafter", None)
+    if not isinstance(drafter, VispecProposer) or drafter.tree_options is None:
+        return None
+    spec = scheduler_output.scheduled_spec_decode_tokens
+    if not spec:
+        return None
+    num_reqs = runner.input_batch.num_reqs
+    gid = drafter.target_kv_group(runner)
+    block_table = runner.input_batch.block_table[gid]
+    num_tokens = int(runner.query_start_loc.cpu[num_reqs])
+    return TreeStep.build(
+        spec, drafter.trees, list(runner.input_batch.req_ids[:num_reqs]),
+        runner.query_start_loc.cpu[:num_reqs + 1].tolist(), runner.positions,
+        block_table.block_table.gpu[:num_reqs], block_table.slot_mapping.gpu[:num_tokens])
+
+
+def _wrap_prepare_inputs(original):
+    def _prepare_inputs(self, scheduler_output, *args, **kwargs):
+        result = original(self, scheduler_output, *args, **kwargs)
+        step = _tree_step_for(self, scheduler_output)
+        if step is not None:
+            # After the slot mapping is computed: nodes keep sequential slots.
+            step.set_positions(self.positions,
+                               self.mrope_positions.gpu if self.uses_mrope else None)
+        self._vispec_tree_step = step
+        _ACTIVE["step"] = step
+        return result
+    return _prepare_inputs
+
+
+def _wrap_attention_forward(original):
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                *args, **kwargs):
+        out = original(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                       *args, **kwargs)
+        step = _ACTIVE["step"]
+        if step is not None and attn_metadata is not None and self.attn_type == "decoder":
+            if self.sliding_window not in (None, -1) or self.alibi_slopes is not None \
+                    or self.logits_soft_cap or self.sinks is not None:
+                raise NotImplementedError(
+                    "vispec tree verification supports plain causal attention only "
+                    "(no sliding window, ALiBi, soft-capping or sinks)")
+            step.attend(query, key, value, kv_cache, layer.isa, self.scale, output)
+        return out
+    return forward
+
+
+def _wrap_sample(original):
+    def _sample(self, logits, spec_decode_metadata):
+        step = getattr(self, "_vispec_tree_step", None)
+        _ACTIVE["step"] = None
+        if step is None or spec_decode_metadata is None:
+            return original(self, logits, spec_decode_metadata)
+        from vllm.v1.outputs import SamplerOutput
+        sampled = step.verify(logits, self.input_batch.sampling_metadata,
+                              spec_decode_metadata.max_spec_len)
+        step.move_kv(self.drafter.target_kv_caches(self))
+        self.drafter.accepted_step = step
+        return SamplerOutput(sampled_token_ids=sampled, logprobs_tensors=None)
+    return _sample
+
+
+RUNNER = "vllm.v1.worker.gpu_model_runner:GPUModelRunner"
+PATCHES = (
+    Patch(
+        name="tree_positions",
+        target=f"{RUNNER}._prepare_inputs",
+        what="In a step that verifies vispec trees: gives each node the position root + "
+             "depth (M-RoPE too) and marks the step for the two patches below.",
+        why="vLLM 0.32 schedules speculative tokens as a chain (sequential positions) and "
+            "removed tree attention (vllm-project/vllm#42121).",
+        remove_when="vLLM verifies speculative trees again.",
+        make_wrapper=_wrap_prepare_inputs,
+    ),
+    Patch(
+        name="tree_attention_cpu",
+        target="vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward",
+        what="After the CPU kernel's causal attention, recomputes the rows of branching "
+             "trees with tree attention (cached context + the node's own path).",
+        why="vLLM's attention backends take no custom masks.",
+        remove_when="vLLM verifies speculative trees again.",
+        make_wrapper=_wrap_attention_forward,
+    ),
+    Patch(
+        name="tree_sampler",
+        target=f"{RUNNER}._sample",
+        what="In a tree step: verifies each tree (greedy or sampled, lossless) instead of "
+             "the chain rejection sampler, then moves the accepted nodes' target K/V to "
+             "the slots after the root.",
+        why="vLLM's rejection sampler compares draft j with the target at j - 1 (a chain).",
+        remove_when="vLLM verifies speculative trees again.",
+        make_wrapper=_wrap_sample,
+    ),
+)
