@@ -45,3 +45,20 @@ def test_served_vispec_matches_no_speculation(kind, k, baseline, tmp_path):
     assert alone["choices"][0]["token_ids"] == expected["two_images"][0]
     assert counters["num_draft_tokens"] > 0
     assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"]
+
+
+def test_served_trees_match_no_speculation(baseline, tmp_path):
+    """EAGLE-2 trees through `vllm serve` (trees for the concurrent batch too)."""
+    expected = baseline("llava")
+    convs = conversations()
+    spec = vispec_config("llava", 2, tree={"depth": 3, "top_k": 4, "total_tokens": 10,
+                                           "chain_above_batch": 64})
+    args = ["--speculative-config", json.dumps(spec), *SERVE_ARGS]
+    with VllmServer(str(tiny_target("llava")), args, log_path=tmp_path / "server.log",
+                    env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}) as server:
+        with ThreadPoolExecutor(max_workers=len(convs)) as pool:
+            replies = dict(zip(convs, pool.map(lambda c: chat(server, c), convs.values())))
+        counters = server.spec_decode_counters()
+    for name, reply in replies.items():
+        assert reply["choices"][0]["token_ids"] == expected[name][0], f"{name} differs"
+    assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"]
