@@ -64,6 +64,11 @@ def _wrap_sample(original):
     def _sample(self, logits, spec_decode_metadata):
         step = getattr(self, "_vispec_tree_step", None)
         _ACTIVE["step"] = None
+        if spec_decode_metadata is not None and not any(spec_decode_metadata.num_draft_tokens):
+            # Every draft of the step was cut by the token budget (big trees make this
+            # common): sample as without drafts. vLLM 0.32's rejection sampler fails on
+            # zero draft tokens with top-k/top-p ("max(): ... numel() == 0").
+            return original(self, logits, None)
         if step is None or spec_decode_metadata is None:
             return original(self, logits, spec_decode_metadata)
         from vllm.v1.outputs import SamplerOutput
@@ -101,7 +106,8 @@ PATCHES = (
         target=f"{RUNNER}._sample",
         what="In a tree step: verifies each tree (greedy or sampled, lossless) instead of "
              "the chain rejection sampler, then moves the accepted nodes' target K/V to "
-             "the slots after the root.",
+             "the slots after the root. A step whose drafts were all cut by the token "
+             "budget samples as a step without drafts.",
         why="vLLM's rejection sampler compares draft j with the target at j - 1 (a chain).",
         remove_when="vLLM verifies speculative trees again.",
         make_wrapper=_wrap_sample,
