@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ._paged import kept_positions, masked_attention
 from ._triton import triton, tl, triton_usable
 
 
@@ -33,9 +34,7 @@ def compressed_paged_attention_ref(query, key_cache, value_cache, block_table, t
     reqs = token_req.tolist()
     for r in sorted(set(reqs)):
         rows = (token_req == r).nonzero().squeeze(1)
-        kept = torch.cat([torch.arange(s, e) for s, e in zip(
-            kept_starts[cu[r]:cu[r + 1]].tolist(), kept_ends[cu[r]:cu[r + 1]].tolist())]
-            + [torch.zeros(0, dtype=torch.long)]).to(query.device)
+        kept = kept_positions(kept_starts, kept_ends, cu, r, query.device)
         if kept.numel() == 0:
             continue
         blocks = block_table[r, kept // block_size].long()
@@ -44,16 +43,13 @@ def compressed_paged_attention_ref(query, key_cache, value_cache, block_table, t
         if group > 1:
             keys = keys.repeat_interleave(group, dim=0)
             values = values.repeat_interleave(group, dim=0)
-        q = query[rows].float().transpose(0, 1)  # [heads, n, D]
-        scores = q @ keys.transpose(1, 2) * scale
         visible = kept[None, :] <= query_positions[rows][:, None]
-        scores = scores.masked_fill(~visible[None], float("-inf"))
-        probs = torch.nan_to_num(scores.softmax(-1), nan=0.0)
-        out[rows] = (probs @ values).transpose(0, 1).to(query.dtype)
+        out[rows] = masked_attention(query[rows], keys, values, visible, scale)
     return out
 
 
 if triton is not None:
+    from ._paged import attend_kept
 
     @triton.jit
     def _compressed_attention_kernel(
@@ -69,7 +65,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
     ):
         # One program per (query token, query head): an online softmax over the kept
-        # positions of the token's request, interval by interval, tile by tile.
+        # positions of the token's request up to its own.
         tok = tl.program_id(0)
         head = tl.program_id(1)
         kv_head = head // GROUP
@@ -81,31 +77,11 @@ if triton is not None:
         m = tl.full((), float("-inf"), tl.float32)
         l = tl.zeros((), tl.float32)
         acc = tl.zeros((HEAD_DIM,), tl.float32)
-        iv_lo = tl.load(cu_kept_ptr + req)
-        iv_hi = tl.load(cu_kept_ptr + req + 1)
-        for iv in range(iv_lo, iv_hi):
-            start = tl.load(kept_start_ptr + iv)
-            end = tl.minimum(tl.load(kept_end_ptr + iv), qpos + 1)
-            for n0 in range(start, end, BLOCK_N):
-                pos = n0 + tl.arange(0, BLOCK_N)
-                valid = pos < end
-                block = tl.load(block_table_ptr + req * stride_bt + pos // KV_BLOCK,
-                                mask=valid, other=0)
-                slot = pos % KV_BLOCK
-                k = tl.load(k_ptr + block[:, None] * stride_kb + slot[:, None] * stride_ks
-                            + kv_head * stride_kh + d[None, :], mask=valid[:, None],
-                            other=0.0).to(tl.float32)
-                s = tl.sum(k * q[None, :], axis=1)
-                s = tl.where(valid, s, float("-inf"))
-                m_new = tl.maximum(m, tl.max(s, axis=0))
-                p = tl.exp(s - m_new)
-                alpha = tl.exp(m - m_new)
-                v = tl.load(v_ptr + block[:, None] * stride_vb + slot[:, None] * stride_vs
-                            + kv_head * stride_vh + d[None, :], mask=valid[:, None],
-                            other=0.0).to(tl.float32)
-                l = l * alpha + tl.sum(p, axis=0)
-                acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-                m = m_new
+        m, l, acc = attend_kept(q, d, m, l, acc, req, kv_head, qpos + 1,
+                                k_ptr, stride_kb, stride_ks, stride_kh,
+                                v_ptr, stride_vb, stride_vs, stride_vh,
+                                block_table_ptr, stride_bt, kept_start_ptr, kept_end_ptr,
+                                cu_kept_ptr, KV_BLOCK, BLOCK_N)
         out = tl.where(l > 0, acc / tl.maximum(l, 1e-30), 0.0)
         tl.store(o_ptr + tok * stride_ot + head * stride_oh + d,
                  out.to(o_ptr.dtype.element_ty))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ._paged import kept_positions, masked_attention
 from ._triton import tl, triton, triton_usable
 
 MAX_TREE_ROWS = 63
@@ -49,9 +50,7 @@ def tree_paged_attention_ref(query, key_cache, value_cache, block_table, token_r
     starts, lens = tree_start.tolist(), tree_len.tolist()
     for r in sorted(set(token_req.tolist())):
         rows = (token_req == r).nonzero().squeeze(1)
-        kept = torch.cat([torch.arange(s, e) for s, e in zip(
-            kept_starts[cu[r]:cu[r + 1]].tolist(), kept_ends[cu[r]:cu[r + 1]].tolist())]
-            + [torch.zeros(0, dtype=torch.long)]).to(query.device)
+        kept = kept_positions(kept_starts, kept_ends, cu, r, query.device)
         blocks = block_table[r, kept // block_size].long()
         tree = slice(starts[r], starts[r] + lens[r])
         keys = torch.cat([key_cache[blocks, kept % block_size], tree_key[tree]]).float()
@@ -61,23 +60,12 @@ def tree_paged_attention_ref(query, key_cache, value_cache, block_table, token_r
         bit = torch.arange(lens[r], device=query.device)
         on_path = (anc_bits[rows][:, None] >> bit[None, :]) & 1 == 1
         visible = torch.cat([on_path.new_ones(len(rows), kept.numel()), on_path], dim=1)
-        scores = query[rows].float().transpose(0, 1) @ keys.transpose(1, 2) * scale
-        scores = scores.masked_fill(~visible[None], float("-inf"))
-        probs = torch.nan_to_num(scores.softmax(-1), nan=0.0)
-        out[rows] = (probs @ values).transpose(0, 1).to(query.dtype)
+        out[rows] = masked_attention(query[rows], keys, values, visible, scale)
     return out
 
 
 if triton is not None:
-
-    @triton.jit
-    def _online_update(q, k, v, s_valid, m, l, acc):
-        s = tl.where(s_valid, tl.sum(k * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=0))
-        p = tl.where(s_valid, tl.exp(s - m_new), 0.0)
-        alpha = tl.exp(m - m_new)
-        return (m_new, l * alpha + tl.sum(p, axis=0),
-                acc * alpha + tl.sum(p[:, None] * v, axis=0))
+    from ._paged import attend_kept, online_update
 
     @triton.jit
     def _tree_attention_kernel(
@@ -105,22 +93,11 @@ if triton is not None:
         m = tl.full((), float("-inf"), tl.float32)
         l = tl.zeros((), tl.float32)
         acc = tl.zeros((HEAD_DIM,), tl.float32)
-        for iv in range(tl.load(cu_kept_ptr + req), tl.load(cu_kept_ptr + req + 1)):
-            start = tl.load(kept_start_ptr + iv)
-            end = tl.load(kept_end_ptr + iv)
-            for n0 in range(start, end, BLOCK_N):
-                pos = n0 + tl.arange(0, BLOCK_N)
-                valid = pos < end
-                block = tl.load(block_table_ptr + req * stride_bt + pos // KV_BLOCK,
-                                mask=valid, other=0)
-                slot = pos % KV_BLOCK
-                k = tl.load(k_ptr + block[:, None] * stride_kb + slot[:, None] * stride_ks
-                            + kv_head * stride_kh + d[None, :], mask=valid[:, None],
-                            other=0.0).to(tl.float32)
-                v = tl.load(v_ptr + block[:, None] * stride_vb + slot[:, None] * stride_vs
-                            + kv_head * stride_vh + d[None, :], mask=valid[:, None],
-                            other=0.0).to(tl.float32)
-                m, l, acc = _online_update(q, k, v, valid, m, l, acc)
+        m, l, acc = attend_kept(q, d, m, l, acc, req, kv_head, 2**31 - 1,
+                                k_ptr, stride_kb, stride_ks, stride_kh,
+                                v_ptr, stride_vb, stride_vs, stride_vh,
+                                block_table_ptr, stride_bt, kept_start_ptr, kept_end_ptr,
+                                cu_kept_ptr, KV_BLOCK, BLOCK_N)
         first = tl.load(tree_start_ptr + req)
         count = tl.load(tree_len_ptr + req)
         bits = tl.load(anc_ptr + tok)
@@ -131,7 +108,7 @@ if triton is not None:
                     mask=on_path[:, None], other=0.0).to(tl.float32)
         v = tl.load(tv_ptr + row[:, None] * stride_tvt + kv_head * stride_tvh + d[None, :],
                     mask=on_path[:, None], other=0.0).to(tl.float32)
-        m, l, acc = _online_update(q, k, v, on_path, m, l, acc)
+        m, l, acc = online_update(q, k, v, on_path, m, l, acc)
         out = tl.where(l > 0, acc / tl.maximum(l, 1e-30), 0.0)
         tl.store(o_ptr + tok * stride_ot + head * stride_oh + d,
                  out.to(o_ptr.dtype.element_ty))

@@ -39,8 +39,11 @@ def generate(target: Path, prompts: list[tuple[list, list]], max_tokens: int,
              max_model_len: int = 1024) -> list[tuple[list[int], list[int]]]:
     """The target's greedy answers through vLLM: (prompt ids, answer ids) per prompt."""
     from vllm import LLM, SamplingParams
+    # A fixed, modest KV cache: on the CPU backend vLLM otherwise reserves 92% of the
+    # NUMA node's memory and refuses to start when a training run holds some of it.
     llm = LLM(model=str(target), dtype="float32", max_model_len=max_model_len,
-              enforce_eager=True, limit_mm_per_prompt={"image": 2}, seed=0)
+              enforce_eager=True, limit_mm_per_prompt={"image": 2}, seed=0,
+              gpu_memory_utilization=0.5, kv_cache_memory_bytes=1 << 30)
     outs = llm.chat([m for m, _ in prompts],
                     SamplingParams(temperature=0.0, max_tokens=max_tokens))
     del llm
