@@ -29,7 +29,7 @@ def table(report: dict) -> str:
              "same text |", "|" + "---|" * 9]
     for r in report["results"]:
         for row in r["levels"]:
-            per_pos = " ".join(f"{a:.2f}" for a in row["accepted_per_position"]) or "–"
+            per_pos = " ".join(f"{a:.2f}" for a in _drafted_positions(row)) or "–"
             same = row.get("matches_no_speculation")
             lines.append(
                 f"| {label(r)} | {row['concurrency']} | {row['output_tokens_per_s']:.1f} | "
@@ -77,8 +77,8 @@ def plots(report: dict, out: Path) -> list[Path]:
     for r in report["results"]:
         row = r["levels"][0]
         if row["accepted_per_position"]:
-            ks = range(1, len(row["accepted_per_position"]) + 1)
-            ax.plot(ks, row["accepted_per_position"], marker="o", color=colors[label(r)],
+            ks = range(1, len(_drafted_positions(row)) + 1)
+            ax.plot(ks, _drafted_positions(row), marker="o", color=colors[label(r)],
                     label=f"{label(r)} (AL {row['acceptance_length']:.2f})")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("draft position")
@@ -111,3 +111,12 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _drafted_positions(row: dict) -> list[float]:
+    """Per-position acceptance without the trailing zeros of a tree (vLLM counts a tree's
+    nodes as positions; only its depth can be accepted)."""
+    values = list(row["accepted_per_position"])
+    while len(values) > 1 and values[-1] == 0:
+        values.pop()
+    return values

@@ -53,6 +53,17 @@ def validate_options(spec: dict[str, Any]) -> None:
             f"(got {n!r})")
     if "tree" in spec:
         TreeOptions.parse(spec["tree"])
+        check_tree_platform()
+
+
+def check_tree_platform() -> None:
+    """Trees are verified by a patch of vLLM's CPU attention backend only, for now: on any
+    other backend their rows would be attended causally, and the output would change."""
+    from vllm.platforms import current_platform
+    if not current_platform.is_cpu():
+        raise ValueError(
+            'vispec "tree" is supported on vLLM\'s CPU backend only for now (tree '
+            "verification patches the CPU attention backend); drop \"tree\" to draft chains")
 
 
 def check_model_runner() -> None:

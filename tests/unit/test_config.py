@@ -44,3 +44,14 @@ def test_model_runner_v2_is_refused(monkeypatch):
         check_model_runner()
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
     check_model_runner()
+
+
+def test_trees_are_checked_and_cpu_only(monkeypatch):
+    spec = {"method": "vispec", "model": "x", "num_speculative_tokens": 2}
+    validate_options({**spec, "tree": {"depth": 3, "top_k": 4, "total_tokens": 10}})
+    with pytest.raises(ValueError, match="unknown vispec \"tree\" option"):
+        validate_options({**spec, "tree": {"width": 4}})
+    from vllm.platforms import current_platform
+    monkeypatch.setattr(type(current_platform), "is_cpu", lambda self: False)
+    with pytest.raises(ValueError, match="CPU backend only"):
+        validate_options({**spec, "tree": {"depth": 3}})
