@@ -19,7 +19,7 @@ def drafter_of(llm):
 def test_trees_match_no_speculation(kind, baseline):
     expected = baseline(kind)
     convs = conversations()
-    tree = {**TREE, "chain_above_batch": 64}  # trees for the batch too
+    tree = {**TREE, "chain_above_batch": 64, "off_above_batch": 64}  # trees for the batch too
     with offline_llm(kind, vispec_config(kind, 2, tree=tree)) as llm:
         batched = greedy_chat(llm, convs)
         single = {}
@@ -71,7 +71,7 @@ SCHEDULES = {
 def test_trees_survive_chunks_and_preemption(schedule, baseline):
     expected = baseline("llava")
     convs = conversations()
-    tree = {**TREE, "chain_above_batch": 64}
+    tree = {**TREE, "chain_above_batch": 64, "off_above_batch": 64}
     with offline_llm("llava", vispec_config("llava", 2, tree=tree),
                      **SCHEDULES[schedule]) as llm:
         got = greedy_chat(llm, convs)
