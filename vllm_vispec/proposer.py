@@ -49,6 +49,8 @@ class VispecProposer(EagleProposer):
         self.accepted_step: TreeStep | None = None  # set by the tree sampler patch
         self._first_hidden: torch.Tensor | None = None
         self.mode_counts = {"tree": 0, "chain": 0, "off": 0}  # drafting steps by mode
+        self._target_kv_group: int | None = None
+        self._target_kv_caches: list[tuple[torch.Tensor, str]] | None = None
 
     # ---- per propose() call ---------------------------------------------------------------
     def propose(self, num_speculative_tokens, target_token_ids, target_positions,
@@ -124,13 +126,24 @@ class VispecProposer(EagleProposer):
         return mode
 
     def target_kv_group(self, runner) -> int:
-        for gid, group in enumerate(runner.kv_cache_config.kv_cache_groups):
-            if any(name not in self._draft_attn_layer_names for name in group.layer_names):
-                return gid
-        raise RuntimeError("vispec: no KV cache group holds the target's layers")
+        """The KV cache group of the target's layers (fixed once the caches exist)."""
+        if self._target_kv_group is None:
+            self._target_kv_group = next(
+                (gid for gid, group in enumerate(runner.kv_cache_config.kv_cache_groups)
+                 if any(name not in self._draft_attn_layer_names
+                        for name in group.layer_names)), None)
+            if self._target_kv_group is None:
+                raise RuntimeError("vispec: no KV cache group holds the target's layers")
+        return self._target_kv_group
 
     def target_kv_caches(self, runner) -> list[tuple[torch.Tensor, str]]:
-        """(cache, CPU attention ISA) of every target attention layer, each cache once."""
+        """(cache, CPU attention ISA) of every target attention layer, each cache once
+        (fixed once the caches exist)."""
+        if self._target_kv_caches is None:
+            self._target_kv_caches = self._find_target_kv_caches(runner)
+        return self._target_kv_caches
+
+    def _find_target_kv_caches(self, runner) -> list[tuple[torch.Tensor, str]]:
         out, seen = [], set()
         context = runner.compilation_config.static_forward_context
         for group in runner.kv_cache_config.kv_cache_groups:

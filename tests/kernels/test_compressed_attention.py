@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, shuffled_paged_cache
 
 from vllm_vispec.kernels.compressed_attention import (compressed_paged_attention_ref,
                                                       compressed_paged_attention_triton)
@@ -28,17 +28,8 @@ def make_batch(seq_lens, query_lens, dropped, block_size, heads, kv_heads, head_
                poison_dropped=False, seed=0):
     """A shuffled paged cache, block tables, and queries at each request's last positions."""
     g = torch.Generator().manual_seed(seed)
-    blocks_per_req = [-(-s // block_size) for s in seq_lens]
-    num_blocks = sum(blocks_per_req) + 3
-    perm = torch.randperm(num_blocks, generator=g)
-    max_blocks = max(blocks_per_req)
-    block_table = torch.zeros(len(seq_lens), max_blocks, dtype=torch.int32)
-    used = 0
-    for r, n in enumerate(blocks_per_req):
-        block_table[r, :n] = perm[used:used + n]
-        used += n
-    key_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g)
-    value_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g)
+    block_table, key_cache, value_cache = shuffled_paged_cache(
+        seq_lens, block_size, kv_heads, head_dim, g, spare_blocks=3)
     if poison_dropped:  # what the kernel must never read
         for r, drops in enumerate(dropped):
             for s, e in drops:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, shuffled_paged_cache
 
 from vllm_vispec.kernels.tree_attention import (MAX_TREE_ROWS, ancestor_bits,
                                                 tree_paged_attention_ref,
@@ -19,16 +19,8 @@ def make_batch(context_intervals, trees, block_size=16, heads=4, kv_heads=2, hea
     is also a query, as in target verification."""
     g = torch.Generator().manual_seed(seed)
     ends = [max([e for _, e in ivs] + [1]) for ivs in context_intervals]
-    blocks_per_req = [-(-e // block_size) for e in ends]
-    num_blocks = sum(blocks_per_req) + 2
-    perm = torch.randperm(num_blocks, generator=g)
-    block_table = torch.zeros(len(ends), max(blocks_per_req), dtype=torch.int32)
-    used = 0
-    for r, n in enumerate(blocks_per_req):
-        block_table[r, :n] = perm[used:used + n]
-        used += n
-    key_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g)
-    value_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g)
+    block_table, key_cache, value_cache = shuffled_paged_cache(
+        ends, block_size, kv_heads, head_dim, g, spare_blocks=2)
     token_req, bits, starts, kends, cu, tree_start, tree_len = [], [], [], [], [0], [], []
     for r, (ivs, parents) in enumerate(zip(context_intervals, trees)):
         starts += [s for s, _ in ivs]
