@@ -175,7 +175,8 @@ class VispecProposer(EagleProposer):
         for req in intervals:
             cu_kept.append(cu_kept[-1] + len(req))
         rows_per_req = k * max(1, options.depth - 1)
-        tree_key = torch.zeros(batch * rows_per_req, dims.num_kv_heads, dims.head_dim,
+        kv_heads = draft.layers[0].self_attn.num_kv_heads  # this tensor-parallel rank's
+        tree_key = torch.zeros(batch * rows_per_req, kv_heads, dims.head_dim,
                                dtype=first.dtype, device=device)
         tree_value = torch.zeros_like(tree_key)
         row_of = torch.full((batch, growth.tokens.shape[1] + options.depth * k * k), -1,

@@ -48,6 +48,9 @@ class VispecDraftModel(nn.Module):
         # The attention layer's name must not collide with the target's layers.
         self.layers = nn.ModuleList([
             DraftDecoderLayer(dims, vllm_config, prefix=f"{prefix}.layers.{layer_id}")])
+        # Replicated on purpose (as in vLLM's EAGLE): their inputs, the embedding and the
+        # target's feature, are whole on every tensor-parallel rank and so is the fused
+        # feature the decoder layer takes; splitting them would add a gather per pass.
         self.fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.fc")
         self.img_fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.img_fc")
         self.imadpt = ImageAdaptor(dims, prefix=f"{prefix}.imadpt")

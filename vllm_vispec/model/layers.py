@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from vllm.config import VllmConfig
+from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -27,27 +28,36 @@ class DraftAttention(nn.Module):
     ``self.attn`` is a vLLM attention layer so that vLLM allocates and manages this
     layer's paged cache (blocks, prefix caching, preemption); the draft reads and writes
     that cache itself.
+
+    Tensor parallel like the target's layers: each rank holds ``num_heads / tp`` query
+    heads and its share of the KV heads (replicated when there are fewer than ranks), and
+    ``o_proj`` sums the ranks' outputs.
     """
 
     def __init__(self, dims: DraftDims, vllm_config: VllmConfig, prefix: str) -> None:
         super().__init__()
-        self.num_heads = dims.num_heads
-        self.num_kv_heads = dims.num_kv_heads
+        tp = get_tensor_model_parallel_world_size()
+        if dims.num_heads % tp or (dims.num_kv_heads % tp and tp % dims.num_kv_heads):
+            raise ValueError(
+                f"the vispec draft has {dims.num_heads} attention heads and "
+                f"{dims.num_kv_heads} KV heads, which tensor_parallel_size={tp} cannot split")
+        self.num_heads = dims.num_heads // tp
+        self.num_kv_heads = max(1, dims.num_kv_heads // tp)
         self.head_dim = dims.head_dim
-        self.q_size = dims.num_heads * dims.head_dim
-        self.kv_size = dims.num_kv_heads * dims.head_dim
+        self.q_size = self.num_heads * dims.head_dim
+        self.kv_size = self.num_kv_heads * dims.head_dim
         self.qkv_proj = QKVParallelLinear(dims.hidden_size, dims.head_dim, dims.num_heads,
                                           dims.num_kv_heads, bias=dims.qkv_bias,
                                           prefix=f"{prefix}.qkv_proj")
-        self.o_proj = RowParallelLinear(self.q_size, dims.hidden_size, bias=False,
-                                        prefix=f"{prefix}.o_proj")
+        self.o_proj = RowParallelLinear(dims.num_heads * dims.head_dim, dims.hidden_size,
+                                        bias=False, prefix=f"{prefix}.o_proj")
         self.rotary_emb = get_rope(
             dims.head_dim, max_position=dims.max_position_embeddings,
             rope_parameters={"rope_type": "default", "rope_theta": dims.rope_theta},
             is_neox_style=True)
         self.scale = dims.head_dim**-0.5
-        self.attn = Attention(dims.num_heads, dims.head_dim, self.scale,
-                              num_kv_heads=dims.num_kv_heads,
+        self.attn = Attention(self.num_heads, dims.head_dim, self.scale,
+                              num_kv_heads=self.num_kv_heads,
                               cache_config=vllm_config.cache_config, prefix=f"{prefix}.attn")
 
     def forward(self, x: torch.Tensor,
@@ -123,6 +133,11 @@ class ImageAdaptor(nn.Module):
     Keys and values are projections of the image's (projected) input embeddings; there is
     no norm, MLP or positional encoding. Rows ``0..num_q-2`` of the output are the image's
     compressed tokens, the last row its global vector.
+
+    Replicated on every tensor-parallel rank on purpose: it runs once per image over a few
+    queries, and every rank needs its whole output (the compressed token enters the draft
+    sequence as a full hidden vector, the global vector feeds ``img_fc``); splitting it
+    would add two collectives per image to save a few MFLOPs.
     """
 
     def __init__(self, dims: DraftDims, prefix: str) -> None:

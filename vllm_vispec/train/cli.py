@@ -9,12 +9,18 @@
 ``fit`` exports ``OUT/draft`` in the published checkpoint layout, which
 ``"method": "vispec", "model": "OUT/draft"`` loads as is. A stopped ``fit`` resumes from
 ``OUT/checkpoint.pt`` when run again with the same arguments.
+
+``fit`` also runs data-parallel under torchrun (DDP; gloo on CPU, nccl on GPU), each
+process training its share of every ``--batch-size`` batch; process 0 writes the files:
+
+  torchrun --nproc-per-node 8 -m vllm_vispec.train fit ... --batch-size 16
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -64,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="adaptor queries for a fresh draft: 1 compressed token + 1 global "
                    "vector at 2 (%(default)s)")
     f.add_argument("--epochs", type=int, default=3, help="(%(default)s)")
+    f.add_argument("--batch-size", type=int, default=1,
+                   help="samples per optimizer step over all processes; a multiple of the "
+                   "torchrun process count (%(default)s)")
     f.add_argument("--lr", type=float, default=3e-5, help="AdamW learning rate (%(default)s)")
     f.add_argument("--rollout-steps", type=int, default=2,
                    help="stage-2 self-rollout passes (%(default)s)")
@@ -114,11 +123,13 @@ def run_data(args) -> None:
 def run_fit(args) -> dict:
     from ..tiny.drafts import draft_dims_for
     from .data import load_dataset
+    from .distributed import init_data_parallel, shutdown
     from .draft import TrainableDraft, initial_weights, text_only_dims
     from .export import export_draft, export_eagle_draft, read_eagle_draft
     from .target_features import load_target
     from .trainer import TrainConfig, evaluate, train
 
+    dp = init_data_parallel()
     target_model, _ = load_target(str(args.target))
     lm_head = target_model.get_output_embeddings().weight
     embed = target_model.get_input_embeddings().weight
@@ -138,16 +149,20 @@ def run_fit(args) -> dict:
     model = TrainableDraft(dims, weights, lm_head)
     cfg = TrainConfig(stage=args.stage, epochs=args.epochs, lr=args.lr,
                       rollout_steps=args.rollout_steps, feature_noise=args.feature_noise,
-                      seed=args.seed, bf16=args.bf16)
-    before = evaluate(model, held_out, args.stage) if held_out else None
-    history = train(model, samples, cfg, args.out, resume=not args.no_resume)
-    after = evaluate(model, held_out, args.stage) if held_out else None
+                      seed=args.seed, bf16=args.bf16, batch_size=args.batch_size)
+    evaluate_here = bool(held_out) and dp.is_main
+    before = evaluate(model, held_out, args.stage) if evaluate_here else None
+    history = train(model, samples, cfg, args.out, resume=not args.no_resume, dp=dp)
+    shutdown(dp)
+    if not dp.is_main:
+        return {"history": history}
+    after = evaluate(model, held_out, args.stage) if evaluate_here else None
     target_cfg = json.loads((args.target / "config.json").read_text())
     export = export_eagle_draft if text_only else export_draft
     draft = export(model, target_cfg, args.out / "draft")
     report = {"history": history, "held_out_before": before, "held_out_after": after,
               "train_samples": len(samples), "held_out_samples": len(held_out),
-              "draft": str(draft)}
+              "processes": dp.world_size, "batch_size": args.batch_size, "draft": str(draft)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"[vispec-train] exported {draft}; held-out before {before}, after {after}")
     return report
@@ -181,6 +196,9 @@ def run_recipe(args) -> dict[str, Path]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command != "fit" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit(f"vispec-train {args.command} runs in one process; only `fit` "
+                         "trains under torchrun")
     torch.manual_seed(args.seed)
     {"data": run_data, "fit": run_fit, "recipe": run_recipe}[args.command](args)
     return 0

@@ -5,6 +5,7 @@ distribution."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -65,9 +66,33 @@ def build_dataset(target: Path, prompts: list[tuple[list, list]], max_tokens: in
     return paths
 
 
-def load_dataset(data_dir: Path) -> list[Sample]:
+class SampleFiles(Sequence):
+    """The samples of a data folder, each read from disk the first time it is used: a
+    training process reads only the samples its shares of the batches hold."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+        self._loaded: dict[Path, Sample] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return SampleFiles(self.files[index])
+        path = self.files[index]
+        if path not in self._loaded:
+            self._loaded[path] = Sample.from_dict(torch.load(path, weights_only=False))
+        return self._loaded[path]
+
+    @property
+    def num_loaded(self) -> int:
+        return len(self._loaded)
+
+
+def load_dataset(data_dir: Path) -> SampleFiles:
     files = sorted(data_dir.glob("sample_*.pt"))
     if not files:
         raise FileNotFoundError(f"no training samples (sample_*.pt) in {data_dir}")
-    return [Sample.from_dict(torch.load(f, weights_only=False)) for f in files]
+    return SampleFiles(files)
 
