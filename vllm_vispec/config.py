@@ -66,6 +66,17 @@ def check_tree_platform() -> None:
             "verification patches the CPU attention backend); drop \"tree\" to draft chains")
 
 
+def check_parallelism(parallel_config: Any) -> None:
+    """Tensor parallelism (and data parallelism, Ray across nodes) is supported; pipeline
+    stages are not: the draft needs the target's last hidden states and image embeddings
+    on the ranks that run it, which vLLM's EAGLE path hands over within one stage only."""
+    stages = getattr(parallel_config, "pipeline_parallel_size", 1)
+    if stages > 1:
+        raise ValueError(
+            f"vispec does not support pipeline parallelism (pipeline_parallel_size={stages}); "
+            "use tensor_parallel_size to spread the target over more devices")
+
+
 def check_model_runner() -> None:
     """The vispec draft runs on vLLM's classic (V1) model runner only, for now."""
     value = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()

@@ -1,6 +1,8 @@
 """vispec inside vLLM's tensor-parallel engine: at tensor_parallel_size=2 on the CPU backend
 (two worker processes, one core each) greedy text with vispec equals the text without
-speculation, for text-only, one- and two-image prompts in one batch, chains and trees."""
+speculation, for text-only, one- and two-image prompts in one batch, chains and trees; and
+the drafts are accepted as often as at TP=1, so every rank's draft half (its heads, fed by
+its own copy of the target features and per-request image state) is right."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def test_vispec_at_tp2_matches_no_speculation(kind, tp2, baseline):
     speculative = {"chain": vispec_config(kind, 3)}
     if kind == "llava":
         speculative["tree"] = vispec_config(kind, 2, tree=TREE)
+    accepted = {}
     for drafting, spec in speculative.items():
         with offline_llm(kind, spec, **tp2) as llm:
             got = greedy_chat(llm, convs)
@@ -37,6 +40,12 @@ def test_vispec_at_tp2_matches_no_speculation(kind, tp2, baseline):
         for name in convs:
             assert got[name][0] == expected[name][0], f"{name} differs at TP=2 ({drafting})"
         assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"], drafting
+        accepted[drafting] = counters["num_accepted_tokens"]
+    with offline_llm(kind, speculative["chain"]) as llm:
+        greedy_chat(llm, convs)
+        accepted_tp1 = spec_counters(llm)["num_accepted_tokens"]
+    del llm
+    assert accepted["chain"] == pytest.approx(accepted_tp1, rel=0.02)
     # And TP=2 answers as TP=1 does on these targets.
     tp1 = baseline(kind)
     assert all(expected[name][0] == tp1[name][0] for name in convs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_vispec.config import check_model_runner, is_vispec, validate_options
+from vllm_vispec.config import check_model_runner, check_parallelism, is_vispec, validate_options
 
 
 def test_is_vispec():
@@ -55,3 +55,10 @@ def test_trees_are_checked_and_cpu_only(monkeypatch):
     monkeypatch.setattr(type(current_platform), "is_cpu", lambda self: False)
     with pytest.raises(ValueError, match="CPU backend only"):
         validate_options({**spec, "tree": {"depth": 3}})
+
+
+def test_pipeline_parallelism_is_refused_tensor_parallelism_is_not():
+    from types import SimpleNamespace
+    check_parallelism(SimpleNamespace(pipeline_parallel_size=1, tensor_parallel_size=8))
+    with pytest.raises(ValueError, match="does not support pipeline parallelism"):
+        check_parallelism(SimpleNamespace(pipeline_parallel_size=2, tensor_parallel_size=1))

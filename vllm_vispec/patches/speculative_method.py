@@ -7,7 +7,7 @@ from .registry import Patch
 
 def _make_wrapper(original):
     def create_speculative_config(self, target_model_config, target_parallel_config):
-        from ..config import is_vispec, to_eagle_config
+        from ..config import check_parallelism, is_vispec, to_eagle_config
         spec = dict(self.speculative_config or {})
         for flag, key, value in (("--spec-method", "method", self.spec_method),
                                  ("--spec-model", "model", self.spec_model),
@@ -19,6 +19,7 @@ def _make_wrapper(original):
                                      "mutually exclusive")
                 spec[key] = value
         if is_vispec(spec):
+            check_parallelism(target_parallel_config)
             # A copy: the user's dict (LLM(speculative_config=...)) stays untouched.
             self.speculative_config = to_eagle_config(spec, target_model_config)
             self.spec_method = self.spec_model = self.spec_tokens = None
