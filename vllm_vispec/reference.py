@@ -30,8 +30,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Neox-style rotary embedding. ``x`` [n, heads, d], ``positions`` [n]."""
     d = x.shape[-1]
-    inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    angles = positions.double()[:, None] * inv_freq[None, :]
+    inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64,
+                                            device=x.device) / d)
+    angles = positions.to(x.device).double()[:, None] * inv_freq[None, :]
     cos = torch.cat((angles.cos(), angles.cos()), -1)[:, None, :].to(x.dtype)
     sin = torch.cat((angles.sin(), angles.sin()), -1)[:, None, :].to(x.dtype)
     half = d // 2
@@ -103,7 +104,8 @@ class ReferenceDraft:
         total = keys.shape[0]
         scores = torch.einsum("qhd,khd->hqk", q, keys) * d.head_dim ** -0.5
         # Causal over the compressed sequence: new slot i sees everything before it.
-        visible = torch.arange(total)[None, :] <= (total - n + torch.arange(n))[:, None]
+        visible = (torch.arange(total, device=x.device)[None, :]
+                   <= (total - n + torch.arange(n, device=x.device))[:, None])
         scores = scores.masked_fill(~visible[None], float("-inf"))
         attn = torch.einsum("hqk,khd->qhd", scores.softmax(-1), values).reshape(n, -1)
         r = linear(w, f"{p}.o_proj", attn) + x
@@ -147,9 +149,9 @@ class ReferenceDraft:
         self.global_vector = g
         x = self.fuse(slot_embeds, hidden, g_per_slot)
         if compressed:
-            slots = torch.tensor(list(compressed))
+            slots = torch.tensor(list(compressed), device=x.device)
             x = x.index_put((slots,), torch.stack(list(compressed.values())).to(x.dtype))
-        keep = torch.tensor([j for j in range(length) if j not in dropped])
+        keep = torch.tensor([j for j in range(length) if j not in dropped], device=x.device)
         kept_out = self.layer(x[keep], keep)  # bf16 under autocast
         out = kept_out.new_zeros(length, h).index_put((keep,), kept_out)
         self.next_position = length

@@ -83,7 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     f.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt")
     f.add_argument("--bf16", action="store_true",
                    help="bf16 autocast for the forward pass (weights and optimizer stay "
-                   "fp32); faster on CPUs with AVX512-BF16 or AMX")
+                   "fp32); faster on GPUs and on CPUs with AVX512-BF16 or AMX")
+    f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to train: auto takes this process's GPU (LOCAL_RANK under "
+                   "torchrun) when there is one (%(default)s)")
 
     r = sub.add_parser("recipe", parents=[common],
                        help="the whole two-stage recipe, and the text-only baseline",
@@ -123,13 +126,14 @@ def run_data(args) -> None:
 def run_fit(args) -> dict:
     from ..tiny.drafts import draft_dims_for
     from .data import load_dataset
-    from .distributed import init_data_parallel, shutdown
+    from .distributed import init_data_parallel, shutdown, training_device
     from .draft import TrainableDraft, initial_weights, text_only_dims
     from .export import export_draft, export_eagle_draft, read_eagle_draft
     from .target_features import load_target
     from .trainer import TrainConfig, evaluate, train
 
-    dp = init_data_parallel()
+    device = training_device(args.device)
+    dp = init_data_parallel(device)
     target_model, _ = load_target(str(args.target))
     lm_head = target_model.get_output_embeddings().weight
     embed = target_model.get_input_embeddings().weight
@@ -146,7 +150,7 @@ def run_fit(args) -> dict:
     samples = load_dataset(args.data)
     n_eval = max(1, int(len(samples) * args.holdout)) if len(samples) > 1 else 0
     held_out, samples = samples[:n_eval], samples[n_eval:]
-    model = TrainableDraft(dims, weights, lm_head)
+    model = TrainableDraft(dims, weights, lm_head).to(device)
     cfg = TrainConfig(stage=args.stage, epochs=args.epochs, lr=args.lr,
                       rollout_steps=args.rollout_steps, feature_noise=args.feature_noise,
                       seed=args.seed, bf16=args.bf16, batch_size=args.batch_size)

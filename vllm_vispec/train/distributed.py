@@ -47,14 +47,26 @@ class DataParallel:
             dist.barrier()
 
 
-def init_data_parallel() -> DataParallel:
-    """Joins torchrun's process group (gloo on CPU, nccl with CUDA) when there is one."""
+def training_device(requested: str = "auto") -> torch.device:
+    """``auto``: this process's GPU (torchrun's LOCAL_RANK) when there is one, else CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: PyTorch sees no CUDA device")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(requested)
+
+
+def init_data_parallel(device: torch.device) -> DataParallel:
+    """Joins torchrun's process group when there is one: nccl for GPUs, gloo on CPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DataParallel()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DataParallel(dist.get_rank(), dist.get_world_size())
 
 

@@ -70,7 +70,7 @@ class TrainableDraft(nn.Module):
         return out
 
     def published_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone().contiguous() for k, v in self.weights().items()}
+        return {k: v.detach().cpu().clone().contiguous() for k, v in self.weights().items()}
 
     def set_stage(self, stage: int) -> None:
         for name, p in self.trainable.items():
@@ -83,7 +83,7 @@ class TrainableDraft(nn.Module):
         hidden = sample.hidden[:length - 1] if hidden is None else hidden
         ref = ReferenceDraft(self.weights(), self.dims, self.lm_head, self.embed)
         if self.text_only:
-            embeds = self.embed[torch.tensor(sample.token_ids[:length])]
+            embeds = self.embed[torch.tensor(sample.token_ids[:length], device=self.embed.device)]
             return ref.sequence(embeds[:-1], hidden, embeds[-1], [])
         images = [s for s in sample.images if s.end <= length - 1]
         return ref.sequence(sample.embeds[:length - 1], hidden, sample.embeds[length - 1],

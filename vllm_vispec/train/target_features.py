@@ -26,6 +26,12 @@ class Sample:
                     images=[(s.start, s.end) for s in self.images],
                     answer_start=self.answer_start)
 
+    def to(self, device: torch.device) -> Sample:
+        if self.hidden.device == device:
+            return self
+        return Sample(self.token_ids, self.embeds.to(device), self.hidden.to(device),
+                      self.images, self.answer_start)
+
     @classmethod
     def from_dict(cls, d: dict) -> Sample:
         return cls(d["token_ids"], d["embeds"], d["hidden"],

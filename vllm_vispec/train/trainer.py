@@ -40,14 +40,15 @@ def feature_noise(hidden: torch.Tensor, scale: float, gen: torch.Generator) -> t
     """EAGLE's uniform noise on the input features: (U[0,1) - 0.5) · scale · 512 / L."""
     if scale <= 0:
         return hidden
-    u = torch.rand(hidden.shape, generator=gen, dtype=hidden.dtype)
+    u = torch.rand(hidden.shape, generator=gen, dtype=hidden.dtype).to(hidden.device)
     return hidden + (u - 0.5) * scale * 512 / hidden.shape[0]
 
 
 def sample_loss(model: TrainableDraft, sample: Sample, cfg: TrainConfig,
                 gen: torch.Generator | None) -> tuple[torch.Tensor, float]:
     """Mean loss over the sample's answer slots, teacher-forced plus self-rollouts."""
-    mask = loss_slots(sample)
+    sample = sample.to(model.embed.device)
+    mask = loss_slots(sample).to(model.embed.device)
     targets = sample.hidden[1:]
     loss_fn = LOSSES[cfg.stage]
     hidden = sample.hidden[:-1]
@@ -123,16 +124,19 @@ def train(model: TrainableDraft, samples: Sequence[Sample], cfg: TrainConfig, ou
     start_epoch = 0
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=model.embed.device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, history = ckpt["epoch"], ckpt["history"]
     step_loss = BatchLoss(model, cfg)
+    device = model.embed.device
     if dp.enabled:
         # Images leave the adaptor unused on a text-only share; frozen weights stay out.
-        step_loss = nn.parallel.DistributedDataParallel(step_loss, find_unused_parameters=True)
-    bf16 = resolve_bf16(cfg.bf16, warn=tqdm.write)
+        step_loss = nn.parallel.DistributedDataParallel(
+            step_loss, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+    bf16 = cfg.bf16 if device.type == "cuda" else resolve_bf16(cfg.bf16, warn=tqdm.write)
     for epoch in range(start_epoch, cfg.epochs):
         order = list(range(len(samples)))
         random.Random(cfg.seed + epoch).shuffle(order)
@@ -143,7 +147,7 @@ def train(model: TrainableDraft, samples: Sequence[Sample], cfg: TrainConfig, ou
         losses, accs = [], []
         for batch in bar:
             gens = [noise_generator(cfg.seed, epoch, i) for i in batch]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss, acc = step_loss([samples[i] for i in batch], gens)
             opt.zero_grad()
             loss.backward()  # under DDP: gradients averaged over the processes here
