@@ -104,7 +104,8 @@ def train(model: TrainableDraft, samples: Sequence[Sample], cfg: TrainConfig, ou
     Each step takes ``cfg.batch_size`` samples in a shuffled order every process agrees on;
     under ``dp`` each process computes its share and DDP averages the gradients, so the
     run follows the single-process one with the same batch size. A last, incomplete batch
-    of an epoch is skipped. Only the main process writes files; it reads only its samples.
+    of an epoch is skipped. Each process reads only the samples of its shares; only the main
+    process writes files.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = len(samples) // cfg.batch_size
@@ -133,9 +134,10 @@ def train(model: TrainableDraft, samples: Sequence[Sample], cfg: TrainConfig, ou
     device = model.embed.device
     if dp.enabled:
         # Images leave the adaptor unused on a text-only share; frozen weights stay out.
+        # The buffers (the target's embedding and lm_head) never change: not re-sent per step.
         step_loss = nn.parallel.DistributedDataParallel(
             step_loss, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
+            find_unused_parameters=True, broadcast_buffers=False)
     bf16 = cfg.bf16 if device.type == "cuda" else resolve_bf16(cfg.bf16, warn=tqdm.write)
     for epoch in range(start_epoch, cfg.epochs):
         order = list(range(len(samples)))
