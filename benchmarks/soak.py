@@ -15,9 +15,9 @@ many requests it still holds (``/metrics``), and vLLM's spec-decode counters. Ex
 a completed answer differs, a 5xx or transport error occurred, a good request got a 4xx,
 or the server did not survive.
 
-    python benchmarks/soak.py --out benchmarks/results/soak/tiny-llava.json
+    python benchmarks/soak.py --out benchmarks/results/soak/tiny-llava-chain.json
     python benchmarks/soak.py --target demo --method vispec=demo \\
-        --out benchmarks/results/soak/demo.json
+        --out benchmarks/results/soak/demo-chain.json
 """
 
 from __future__ import annotations
