@@ -10,6 +10,7 @@ Targets and drafts are folders (HF format), hub ids, or local shorthands:
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -70,6 +71,16 @@ def speculative_config(method: str, k: int) -> dict | None:
                 "num_speculative_tokens": k,
                 "tree": {**TREE, "chain_above_batch": 1 << 30, "off_above_batch": 1 << 30}}
     return {"method": name, "model": resolve_draft(draft, name), "num_speculative_tokens": k}
+
+
+def serve_args(dtype: str, max_model_len: int, max_num_seqs: int, name: str,
+               spec: dict | None, enforce_eager: bool = True) -> list[str]:
+    """``vllm serve`` arguments of the benchmark servers (two pictures a prompt, seed 0)."""
+    out = ["--dtype", dtype, "--max-model-len", str(max_model_len),
+           "--max-num-seqs", str(max_num_seqs), "--served-model-name", name,
+           "--limit-mm-per-prompt", json.dumps({"image": 2}), "--seed", "0"]
+    out += ["--enforce-eager"] if enforce_eager else []
+    return out + (["--speculative-config", json.dumps(spec)] if spec else [])
 
 
 def parse_tree(value: str) -> dict:

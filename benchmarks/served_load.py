@@ -14,6 +14,14 @@ from offline_load import LevelResult
 from vllm_vispec.serve_process import VllmServer
 
 
+async def sse_events(resp):
+    """The JSON events of a streamed OpenAI response (``data: ...`` lines, ``[DONE]`` not)."""
+    async for raw in resp.content:
+        line = raw.decode().strip()
+        if line.startswith("data:") and line != "data: [DONE]":
+            yield json.loads(line[5:])
+
+
 async def _one(session, url: str, body: dict) -> tuple[float, float | None, str, int]:
     """(ttft, tpot, text, completion tokens) of one streamed request."""
     start = time.perf_counter()
@@ -22,11 +30,7 @@ async def _one(session, url: str, body: dict) -> tuple[float, float | None, str,
     async with session.post(url, json=body) as resp:
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {await resp.text()}")
-        async for raw in resp.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[5:])
+        async for chunk in sse_events(resp):
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk.get("choices", []):

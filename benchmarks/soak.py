@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import common
-from common import parse_method, resolve_target, speculative_config
+from common import parse_method, resolve_target, serve_args, speculative_config
+from served_load import sse_events
 
 QUESTIONS = ("Describe the image.", "How many shapes are there?", "Which colour is largest?",
              "Where is the red shape?", "List the shapes from left to right.")
@@ -123,11 +124,7 @@ async def send(session, url: str, body: dict, abort_after: int | None) -> Outcom
                 reply = await resp.json()
                 return Outcome("ok", 200, reply["choices"][0]["message"]["content"] or "")
             pieces, chunks, finished = [], 0, False
-            async for raw in resp.content:
-                line = raw.decode().strip()
-                if not line.startswith("data:") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[5:])
+            async for event in sse_events(resp):
                 if "error" in event:  # an error raised after the stream began
                     return Outcome("5xx", 200, detail=json.dumps(event)[:300])
                 for choice in event.get("choices", []):
@@ -266,14 +263,6 @@ def server_survived(server, model: str, prompt: Prompt, expected: str) -> bool:
         return False
 
 
-def serve_args(args, spec: dict | None) -> list[str]:
-    out = ["--dtype", args.dtype, "--max-model-len", str(args.max_model_len),
-           "--max-num-seqs", str(max(args.concurrency)), "--served-model-name", "soak",
-           "--limit-mm-per-prompt", json.dumps({"image": 2}), "--enforce-eager",
-           "--seed", "0"]
-    return out + (["--speculative-config", json.dumps(spec)] if spec else [])
-
-
 def soak(args) -> Report:
     from tqdm import tqdm
 
@@ -288,14 +277,18 @@ def soak(args) -> Report:
     planned = plan(args.requests, len(pool), args.abort_fraction, args.bad_fraction,
                    args.seed)
     logs = args.out.parent / "logs"
+    server_args = dict(dtype=args.dtype, max_model_len=args.max_model_len,
+                       max_num_seqs=max(args.concurrency), name="soak")
 
-    with VllmServer(target, serve_args(args, None), log_path=logs / "baseline.log") as server:
+    with VllmServer(target, serve_args(**server_args, spec=None),
+                    log_path=logs / "baseline.log") as server:
         baseline = baseline_answers(server.url + "/v1/chat/completions", "soak", pool)
 
     report = Report(args.target, args.method, spec["num_speculative_tokens"], args.concurrency)
     outcomes: dict[int, Outcome] = {}
     per_phase = -(-len(planned) // len(args.concurrency))
-    with VllmServer(target, serve_args(args, spec), log_path=logs / "soak.log") as server:
+    with VllmServer(target, serve_args(**server_args, spec=spec),
+                    log_path=logs / "soak.log") as server:
         url = server.url + "/v1/chat/completions"
         before = server.spec_decode_counters()
         with tqdm(total=len(planned), desc="soak") as bar:

@@ -116,14 +116,11 @@ def run_configuration_served(target: str, method: str, k: int, prompts, levels: 
 
     from vllm_vispec.serve_process import VllmServer
     spec = speculative_config(method, k)
-    serve_args = ["--dtype", args.dtype, "--max-model-len", str(args.max_model_len),
-                  "--max-num-seqs", str(max(levels)), "--served-model-name", "bench",
-                  "--limit-mm-per-prompt", json.dumps({"image": 2}), "--seed", "0"]
-    serve_args += ["--enforce-eager"] if args.enforce_eager else []
-    serve_args += ["--speculative-config", json.dumps(spec)] if spec else []
+    cli_args = common.serve_args(args.dtype, args.max_model_len, max(levels), "bench", spec,
+                                 enforce_eager=args.enforce_eager)
     log = args.out / "logs" / f"{method.split('=')[0]}-k{k}.log"
     started = time.perf_counter()
-    with VllmServer(target, serve_args, log_path=log) as server:
+    with VllmServer(target, cli_args, log_path=log) as server:
         load_seconds = time.perf_counter() - started
         result = run_levels(lambda batch, c: served_load.run_level(
             server, "bench", batch, c, args.max_tokens, args.ignore_eos),
