@@ -44,21 +44,26 @@ if triton is not None:
                     block_table_ptr, stride_bt, kept_start_ptr, kept_end_ptr, cu_kept_ptr,
                     KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
         """The online softmax over request ``req``'s kept positions below ``limit``,
-        interval by interval, tile by tile."""
+        interval by interval, tile by tile.
+
+        Offsets into the cache are int64: a draft layer's cache passes 2^31 elements at a
+        few hundred thousand tokens, where ``block * stride`` in int32 wraps."""
+        table_row = block_table_ptr + req.to(tl.int64) * stride_bt
+        k_head = k_ptr + kv_head.to(tl.int64) * stride_kh
+        v_head = v_ptr + kv_head.to(tl.int64) * stride_vh
         for iv in range(tl.load(cu_kept_ptr + req), tl.load(cu_kept_ptr + req + 1)):
             start = tl.load(kept_start_ptr + iv)
             end = tl.minimum(tl.load(kept_end_ptr + iv), limit)
             for n0 in range(start, end, BLOCK_N):
                 pos = n0 + tl.arange(0, BLOCK_N)
                 valid = pos < end
-                block = tl.load(block_table_ptr + req * stride_bt + pos // KV_BLOCK,
-                                mask=valid, other=0)
-                slot = pos % KV_BLOCK
-                k = tl.load(k_ptr + block[:, None] * stride_kb + slot[:, None] * stride_ks
-                            + kv_head * stride_kh + d[None, :], mask=valid[:, None],
+                block = tl.load(table_row + pos // KV_BLOCK, mask=valid, other=0).to(tl.int64)
+                slot = (pos % KV_BLOCK).to(tl.int64)
+                k_row = block * stride_kb + slot * stride_ks
+                v_row = block * stride_vb + slot * stride_vs
+                k = tl.load(k_head + k_row[:, None] + d[None, :], mask=valid[:, None],
                             other=0.0).to(tl.float32)
-                v = tl.load(v_ptr + block[:, None] * stride_vb + slot[:, None] * stride_vs
-                            + kv_head * stride_vh + d[None, :], mask=valid[:, None],
+                v = tl.load(v_head + v_row[:, None] + d[None, :], mask=valid[:, None],
                             other=0.0).to(tl.float32)
                 m, l, acc = online_update(q, k, v, valid, m, l, acc)
         return m, l, acc

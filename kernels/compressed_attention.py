@@ -53,11 +53,14 @@ if triton is not None:
 
     @triton.jit
     def _compressed_attention_kernel(
-        q_ptr, stride_qt, stride_qh,  # [T, heads, D]
-        k_ptr, stride_kb, stride_ks, stride_kh,  # [blocks, block_size, kv_heads, D]
-        v_ptr, stride_vb, stride_vs, stride_vh,
-        o_ptr, stride_ot, stride_oh,  # [T, heads, D]
-        block_table_ptr, stride_bt,  # [reqs, max_blocks]
+        # Strides are int64 (as in vLLM's own Triton attention): offsets below are
+        # products with them and must not wrap at 2^31 elements.
+        q_ptr, stride_qt: tl.int64, stride_qh: tl.int64,  # [T, heads, D]
+        # [blocks, block_size, kv_heads, D]
+        k_ptr, stride_kb: tl.int64, stride_ks: tl.int64, stride_kh: tl.int64,
+        v_ptr, stride_vb: tl.int64, stride_vs: tl.int64, stride_vh: tl.int64,
+        o_ptr, stride_ot: tl.int64, stride_oh: tl.int64,  # [T, heads, D]
+        block_table_ptr, stride_bt: tl.int64,  # [reqs, max_blocks]
         token_req_ptr, qpos_ptr,  # [T], [T]
         kept_start_ptr, kept_end_ptr, cu_kept_ptr,  # flat intervals, [reqs + 1]
         scale,
@@ -72,7 +75,9 @@ if triton is not None:
         req = tl.load(token_req_ptr + tok)
         qpos = tl.load(qpos_ptr + tok)
         d = tl.arange(0, HEAD_DIM)
-        q = tl.load(q_ptr + tok * stride_qt + head * stride_qh + d).to(tl.float32) * scale
+        q_row = tok.to(tl.int64) * stride_qt + head.to(tl.int64) * stride_qh
+        o_row = tok.to(tl.int64) * stride_ot + head.to(tl.int64) * stride_oh
+        q = tl.load(q_ptr + q_row + d).to(tl.float32) * scale
 
         m = tl.full((), float("-inf"), tl.float32)
         l = tl.zeros((), tl.float32)
@@ -83,8 +88,7 @@ if triton is not None:
                                 block_table_ptr, stride_bt, kept_start_ptr, kept_end_ptr,
                                 cu_kept_ptr, KV_BLOCK, BLOCK_N)
         out = tl.where(l > 0, acc / tl.maximum(l, 1e-30), 0.0)
-        tl.store(o_ptr + tok * stride_ot + head * stride_oh + d,
-                 out.to(o_ptr.dtype.element_ty))
+        tl.store(o_ptr + o_row + d, out.to(o_ptr.dtype.element_ty))
 
 
 def compressed_paged_attention_triton(query, key_cache, value_cache, block_table, token_req,

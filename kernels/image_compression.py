@@ -79,8 +79,10 @@ if triton is not None:
 
     @triton.jit
     def _pool_partial_kernel(
-        q_ptr, stride_qr,  # folded queries [rows, H] fp32
-        e_ptr, stride_et,  # embeddings [tokens, H]
+        # Offsets are int64: the embeddings of a batch of images, the scratch and the
+        # partials can pass 2^31 elements, where int32 products wrap.
+        q_ptr, stride_qr: tl.int64,  # folded queries [rows, H] fp32
+        e_ptr, stride_et: tl.int64,  # embeddings [tokens, H]
         cu_ptr,  # [images + 1]
         s_ptr,  # scratch scores [images, splits, BLOCK_R, SPLIT] fp32
         acc_ptr,  # partial pooled [images, splits, rows, H] fp32
@@ -99,8 +101,9 @@ if triton is not None:
         t_hi = tl.minimum(stop, t_lo + SPLIT)
         r = rblk * BLOCK_R + tl.arange(0, BLOCK_R)
         r_ok = r < rows
-        scratch = s_ptr + ((img * num_splits + split) * tl.num_programs(2) + rblk) \
-            * BLOCK_R * SPLIT
+        q_rows = q_ptr + r.to(tl.int64) * stride_qr
+        part = img.to(tl.int64) * num_splits + split  # this program's (image, split)
+        scratch = s_ptr + (part * tl.num_programs(2) + rblk) * BLOCK_R * SPLIT
         h = tl.arange(0, BLOCK_H)
         m = tl.full((BLOCK_R,), float("-inf"), tl.float32)
         # Pass 1: scores (full-H dot products) into scratch, running max.
@@ -110,9 +113,9 @@ if triton is not None:
             s = tl.zeros((BLOCK_R, BLOCK_T), tl.float32)
             for h0 in range(0, hidden, BLOCK_H):
                 h_ok = (h0 + h) < hidden
-                q = tl.load(q_ptr + r[:, None] * stride_qr + (h0 + h)[None, :],
+                q = tl.load(q_rows[:, None] + (h0 + h)[None, :],
                             mask=r_ok[:, None] & h_ok[None, :], other=0.0)
-                e = tl.load(e_ptr + t[:, None] * stride_et + (h0 + h)[None, :],
+                e = tl.load(e_ptr + (t.to(tl.int64) * stride_et)[:, None] + (h0 + h)[None, :],
                             mask=t_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
                 s += tl.dot(q, tl.trans(e), input_precision="ieee")
             s = tl.where(t_ok[None, :], s, float("-inf"))
@@ -127,7 +130,7 @@ if triton is not None:
                         + (t - t_lo)[None, :])
             l += tl.sum(tl.where((t < t_hi)[None, :], tl.exp(s - m[:, None]), 0.0), axis=1)
         # Pass 2: pooled rows, one H chunk at a time.
-        base = (img * num_splits + split) * rows
+        base = part * rows
         for h0 in range(0, hidden, BLOCK_H):
             h_ok = (h0 + h) < hidden
             acc = tl.zeros((BLOCK_R, BLOCK_H), tl.float32)
@@ -137,7 +140,7 @@ if triton is not None:
                 s = tl.load(scratch + tl.arange(0, BLOCK_R)[:, None] * SPLIT
                             + (t - t_lo)[None, :])
                 p = tl.where(t_ok[None, :], tl.exp(s - m[:, None]), 0.0)
-                e = tl.load(e_ptr + t[:, None] * stride_et + (h0 + h)[None, :],
+                e = tl.load(e_ptr + (t.to(tl.int64) * stride_et)[:, None] + (h0 + h)[None, :],
                             mask=t_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
                 acc += tl.dot(p, e, input_precision="ieee")
             tl.store(acc_ptr + (base + r)[:, None] * hidden + (h0 + h)[None, :], acc,

@@ -69,13 +69,16 @@ if triton is not None:
 
     @triton.jit
     def _tree_attention_kernel(
-        q_ptr, stride_qt, stride_qh,  # [T, heads, D]
-        k_ptr, stride_kb, stride_ks, stride_kh,  # [blocks, block_size, kv_heads, D]
-        v_ptr, stride_vb, stride_vs, stride_vh,
-        tk_ptr, stride_tkt, stride_tkh,  # [rows, kv_heads, D]
-        tv_ptr, stride_tvt, stride_tvh,
-        o_ptr, stride_ot, stride_oh,
-        block_table_ptr, stride_bt,
+        # Strides are int64 (as in vLLM's own Triton attention): offsets below are
+        # products with them and must not wrap at 2^31 elements.
+        q_ptr, stride_qt: tl.int64, stride_qh: tl.int64,  # [T, heads, D]
+        # [blocks, block_size, kv_heads, D]
+        k_ptr, stride_kb: tl.int64, stride_ks: tl.int64, stride_kh: tl.int64,
+        v_ptr, stride_vb: tl.int64, stride_vs: tl.int64, stride_vh: tl.int64,
+        tk_ptr, stride_tkt: tl.int64, stride_tkh: tl.int64,  # [rows, kv_heads, D]
+        tv_ptr, stride_tvt: tl.int64, stride_tvh: tl.int64,
+        o_ptr, stride_ot: tl.int64, stride_oh: tl.int64,
+        block_table_ptr, stride_bt: tl.int64,
         token_req_ptr, kept_start_ptr, kept_end_ptr, cu_kept_ptr,
         tree_start_ptr, tree_len_ptr, anc_ptr,
         scale,
@@ -89,7 +92,9 @@ if triton is not None:
         kv_head = head // GROUP
         req = tl.load(token_req_ptr + tok)
         d = tl.arange(0, HEAD_DIM)
-        q = tl.load(q_ptr + tok * stride_qt + head * stride_qh + d).to(tl.float32) * scale
+        q_row = tok.to(tl.int64) * stride_qt + head.to(tl.int64) * stride_qh
+        o_row = tok.to(tl.int64) * stride_ot + head.to(tl.int64) * stride_oh
+        q = tl.load(q_ptr + q_row + d).to(tl.float32) * scale
         m = tl.full((), float("-inf"), tl.float32)
         l = tl.zeros((), tl.float32)
         acc = tl.zeros((HEAD_DIM,), tl.float32)
@@ -103,15 +108,16 @@ if triton is not None:
         bits = tl.load(anc_ptr + tok)
         j = tl.arange(0, TREE_BLOCK)
         on_path = (j < count) & (((bits >> j.to(tl.int64)) & 1) == 1)
-        row = first + j
-        k = tl.load(tk_ptr + row[:, None] * stride_tkt + kv_head * stride_tkh + d[None, :],
-                    mask=on_path[:, None], other=0.0).to(tl.float32)
-        v = tl.load(tv_ptr + row[:, None] * stride_tvt + kv_head * stride_tvh + d[None, :],
-                    mask=on_path[:, None], other=0.0).to(tl.float32)
+        row = (first + j).to(tl.int64)
+        k_row = row * stride_tkt + kv_head.to(tl.int64) * stride_tkh
+        v_row = row * stride_tvt + kv_head.to(tl.int64) * stride_tvh
+        k = tl.load(tk_ptr + k_row[:, None] + d[None, :], mask=on_path[:, None],
+                    other=0.0).to(tl.float32)
+        v = tl.load(tv_ptr + v_row[:, None] + d[None, :], mask=on_path[:, None],
+                    other=0.0).to(tl.float32)
         m, l, acc = online_update(q, k, v, on_path, m, l, acc)
         out = tl.where(l > 0, acc / tl.maximum(l, 1e-30), 0.0)
-        tl.store(o_ptr + tok * stride_ot + head * stride_oh + d,
-                 out.to(o_ptr.dtype.element_ty))
+        tl.store(o_ptr + o_row + d, out.to(o_ptr.dtype.element_ty))
 
 
 def tree_paged_attention_triton(query, key_cache, value_cache, block_table, token_req,

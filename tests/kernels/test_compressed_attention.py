@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, shuffled_paged_cache
+from conftest import DEVICE, rehome_in_vllm_cache, shuffled_paged_cache
 
 from vllm_vispec.kernels.compressed_attention import (compressed_paged_attention_ref,
                                                       compressed_paged_attention_triton)
@@ -111,3 +111,23 @@ def test_dropped_slots_are_never_read():
     poisoned = compressed_paged_attention_triton(**make_batch(*args, poison_dropped=True))
     assert torch.isfinite(poisoned).all()
     torch.testing.assert_close(poisoned, clean)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("token_major", [True, False], ids=["token-major", "head-major"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_reads_vllm_cache_views(case, token_major, dtype):
+    # K and V as the backends hand them over: strided views of one cache tensor, in both
+    # physical orders; the reference reads compact copies of the same values.
+    seq_lens, query_lens, dropped = CASES[case]
+    batch = make_batch(seq_lens, query_lens, dropped, 16, 4, 2, 64, dtype, seed=5)
+    key_view, value_view = rehome_in_vllm_cache(batch["key_cache"], batch["value_cache"],
+                                                token_major)
+    block_size, kv_heads, head_dim = key_view.shape[1:]
+    kv_row = 2 * head_dim
+    inner = (kv_heads * kv_row, kv_row) if token_major else (kv_row, block_size * kv_row)
+    assert key_view.stride()[1:] == (*inner, 1) and not key_view.is_contiguous()
+    ref = compressed_paged_attention_ref(**batch)
+    got = compressed_paged_attention_triton(**{**batch, "key_cache": key_view,
+                                               "value_cache": value_view})
+    torch.testing.assert_close(got.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, shuffled_paged_cache
+from conftest import DEVICE, rehome_in_vllm_cache, shuffled_paged_cache
 
 from vllm_vispec.kernels.tree_attention import (MAX_TREE_ROWS, ancestor_bits,
                                                 tree_paged_attention_ref,
@@ -113,6 +113,21 @@ def test_chain_equals_causal_attention():
     got = tree_paged_attention_ref(**batch)
     ctx = [[(0, 10)]]
     torch.testing.assert_close(got.cpu(), written_out(batch, ctx, [[-1, 0, 1]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("token_major", [True, False], ids=["token-major", "head-major"])
+def test_kernel_reads_vllm_cache_views(token_major, dtype):
+    # The target's cache as its backend hands it over (strided views of one tensor, both
+    # physical orders); the reference reads compact copies of the same values.
+    batch = make_batch(CONTEXTS, TREES, dtype=dtype, seed=4)
+    key_view, value_view = rehome_in_vllm_cache(batch["key_cache"], batch["value_cache"],
+                                                token_major)
+    assert not key_view.is_contiguous() and key_view.stride(-1) == 1
+    want = tree_paged_attention_ref(**batch).float()
+    got = tree_paged_attention_triton(**{**batch, "key_cache": key_view,
+                                         "value_cache": value_view}).float()
+    torch.testing.assert_close(got, want, atol=TOL[dtype], rtol=TOL[dtype])
 
 
 def test_ancestor_bits_validates_parents():
