@@ -18,6 +18,7 @@ import torch
 
 from ..kernels.compressed_attention import (compressed_paged_attention_ref,
                                             compressed_paged_attention_triton, kernel_supports)
+from .kv_layout import key_value_views
 
 
 @dataclass
@@ -50,33 +51,37 @@ class CompressedAttentionMetadata:
     tree: TreeRows | None = None  # set while a draft tree grows
 
 
-def paged_kv_views(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key and value caches as ``[num_blocks, block_size, kv_heads, head_dim]`` views.
-
-    The draft layer's cache tensor is allocated by vLLM in its attention backend's shape;
-    the draft alone reads and writes it, so any consistent view works.
-    """
-    if kv_cache.dim() == 4:
-        # CPU backend: [num_blocks, kv_heads, block_size, 2 * head_dim], keys then values
-        # per (block, head).
-        num_blocks, heads, block_size, two_d = kv_cache.shape
-        kv = kv_cache.view(num_blocks, heads, 2 * block_size, two_d // 2)
-        return (kv[:, :, :block_size].permute(0, 2, 1, 3),
-                kv[:, :, block_size:].permute(0, 2, 1, 3))
-    if kv_cache.dim() == 5 and kv_cache.shape[0] == 2:
-        # Flash-attention style: [2, num_blocks, block_size, kv_heads, head_dim].
-        return kv_cache[0], kv_cache[1]
-    raise NotImplementedError(
-        f"vispec's draft attention does not know the KV cache layout {tuple(kv_cache.shape)}")
+def paged_kv_views(kv_cache: torch.Tensor,
+                   split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value caches as ``[num_blocks, block_size, kv_heads, head_dim]`` views
+    (any strides, ``stride(-1) == 1``) of the cache vLLM bound to the draft's layer, split
+    into K and V as its attention backend splits it (``split``, see kv_layout.py; checked
+    when the cache is bound)."""
+    return key_value_views(kv_cache, split)
 
 
 def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tensor,
              value: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Store each token's K/V at its paged slot; slots < 0 (padding) store nothing.
+
+    Fixed shapes and no host round trip: a padding row repeats the first real row's
+    write (same slot, same data, so the order of duplicate writes does not matter);
+    when no row is real, every row writes slot 0's current contents back."""
+    if slot_mapping.numel() == 0:
+        return
     block_size = key_cache.shape[1]
-    valid = slot_mapping >= 0
-    slots = slot_mapping[valid].long()
-    key_cache[slots // block_size, slots % block_size] = key[valid].to(key_cache.dtype)
-    value_cache[slots // block_size, slots % block_size] = value[valid].to(value_cache.dtype)
+    slots = slot_mapping.long()
+    rows = torch.arange(slots.shape[0], device=slots.device)
+    first_real = torch.argmax((slots >= 0).to(torch.int32))
+    source = torch.where(slots >= 0, rows, first_real)
+    slots = slots[source]
+    real = slots >= 0
+    slots = torch.where(real, slots, 0)
+    blocks, offsets = slots // block_size, slots % block_size
+    for cache, new in ((key_cache, key), (value_cache, value)):
+        kept = cache[0, 0].unsqueeze(0)  # a copy, read before the write
+        rows_in = torch.where(real[:, None, None], new[source].to(cache.dtype), kept)
+        cache[blocks, offsets] = rows_in
 
 
 def compressed_paged_attention(query: torch.Tensor, key_cache: torch.Tensor,

@@ -7,7 +7,6 @@ from torch import nn
 from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.activation import SiluAndMul
-from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
                                                ReplicatedLinear, RowParallelLinear)
@@ -18,6 +17,7 @@ from ..kernels.image_compression import compress_images, fold_queries
 from ..kernels.tree_attention import tree_paged_attention
 from .compressed_attention import (CompressedAttentionMetadata, compressed_paged_attention,
                                    paged_kv_views, write_kv)
+from .draft_kv_cache import DraftKVCacheAttention
 from .layout import DraftDims
 
 
@@ -27,7 +27,7 @@ class DraftAttention(nn.Module):
 
     ``self.attn`` is a vLLM attention layer so that vLLM allocates and manages this
     layer's paged cache (blocks, prefix caching, preemption); the draft reads and writes
-    that cache itself.
+    that cache itself, in the model dtype and the backend's layout (draft_kv_cache.py).
 
     Tensor parallel like the target's layers: each rank holds ``num_heads / tp`` query
     heads and its share of the KV heads (replicated when there are fewer than ranks), and
@@ -56,9 +56,9 @@ class DraftAttention(nn.Module):
             rope_parameters={"rope_type": "default", "rope_theta": dims.rope_theta},
             is_neox_style=True)
         self.scale = dims.head_dim**-0.5
-        self.attn = Attention(self.num_heads, dims.head_dim, self.scale,
-                              num_kv_heads=self.num_kv_heads,
-                              cache_config=vllm_config.cache_config, prefix=f"{prefix}.attn")
+        self.attn = DraftKVCacheAttention(self.num_heads, dims.head_dim, self.scale,
+                                          num_kv_heads=self.num_kv_heads,
+                                          vllm_config=vllm_config, prefix=f"{prefix}.attn")
 
     def forward(self, x: torch.Tensor,
                 meta: CompressedAttentionMetadata | None) -> torch.Tensor:
@@ -72,7 +72,7 @@ class DraftAttention(nn.Module):
         q = q.view(n, self.num_heads, self.head_dim)
         k = k.reshape(n, self.num_kv_heads, self.head_dim)
         v = v.reshape(n, self.num_kv_heads, self.head_dim)
-        key_cache, value_cache = paged_kv_views(self.attn.kv_cache)
+        key_cache, value_cache = paged_kv_views(self.attn.kv_cache, self.attn.kv_split)
         if meta.tree is None:
             write_kv(key_cache, value_cache, k, v, meta.slot_mapping)
             attn = compressed_paged_attention(q, key_cache, value_cache, meta, self.scale)
