@@ -21,16 +21,12 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def baseline():
-    """Greedy outputs of each tiny target without speculation, computed once per session."""
+    """Greedy outputs of each tiny target without speculation, from vLLM with no plugin
+    loaded (a subprocess, see plain_vllm), computed once per session."""
+    from plain_vllm import plain_greedy
     from prompts import conversations
-    from vllm_runs import greedy_chat, offline_llm
-
-    cache: dict[str, dict] = {}
 
     def get(kind: str) -> dict[str, tuple[list[int], str]]:
-        if kind not in cache:
-            with offline_llm(kind) as llm:
-                cache[kind] = greedy_chat(llm, conversations())
-        return cache[kind]
+        return plain_greedy(kind, conversations())  # plain_vllm caches it
 
     return get

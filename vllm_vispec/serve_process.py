@@ -19,6 +19,9 @@ import urllib.request
 from pathlib import Path
 
 SPEC_COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
+# The environment of a server that must be vLLM alone (a baseline): vLLM 0.32 splits
+# VLLM_PLUGINS on commas, so "" is an allow-list naming no plugin; unset loads them all.
+NO_PLUGINS_ENV = {"VLLM_PLUGINS": ""}
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""Lossless output offline: greedy vispec text == greedy text without speculation."""
+"""Lossless output offline: greedy vispec text == greedy text of vLLM without speculation
+and without any plugin (the baseline fixture)."""
 
 from __future__ import annotations
 

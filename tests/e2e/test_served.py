@@ -1,5 +1,5 @@
 """Lossless output through `vllm serve`: concurrent OpenAI chat requests with base64
-images, vispec vs the offline run without speculation, token for token."""
+images, vispec vs the offline run of vLLM without speculation or plugin, token for token."""
 
 from __future__ import annotations
 
