@@ -71,14 +71,40 @@ def test_vispec_selects_the_classic_model_runner():
     assert config.use_v2_model_runner is False
 
 
-def test_wrong_vllm_version_fails_at_startup():
+def test_wrong_vllm_version_refuses_vispec_and_leaves_other_engines_alone():
+    spec = vispec_config("llava", 2)
     code = ("import vllm; vllm.__version__ = '0.33.0'\n"
-            "from vllm import LLM\n"
-            f"LLM(model={str(tiny_target('llava'))!r})\n")
+            "from vllm import LLM, SamplingParams\n"
+            f"llm = LLM(model={str(tiny_target('llava'))!r}, max_model_len=512, "
+            "enforce_eager=True)\n"
+            "out = llm.generate('a b c', SamplingParams(max_tokens=3, temperature=0))\n"
+            "print('PLAIN TOKENS', len(out[0].outputs[0].token_ids), flush=True)\n"
+            f"LLM(model={str(tiny_target('llava'))!r}, max_model_len=512, "
+            f"speculative_config={spec!r})\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600, env={**os.environ,
+                                            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    assert "PLAIN TOKENS 3" in proc.stdout, proc.stderr[-3000:]
     assert proc.returncode != 0
-    assert "vllm-vispec supports vLLM 0.32.x only, but vLLM 0.33.0 is installed" in proc.stderr
+    assert "RuntimeError: vllm-vispec supports vLLM 0.32.x only, but vLLM 0.33.0 is " \
+           "installed" in proc.stderr
+
+
+def test_settings_that_force_model_runner_v2_refuse_vispec(monkeypatch):
+    """Watermarking makes vLLM use Model Runner V2 whatever its unsupported-feature list
+    says; the vispec draft would get no step inputs there (it would propose from zeros)."""
+    import vllm.config.vllm
+    # The CPU build has no Triton backend, which vLLM checks first for V2.
+    monkeypatch.setattr(vllm.config.vllm, "HAS_TRITON", True)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm.engine.arg_utils import EngineArgs
+    args = EngineArgs(model=str(tiny_target("llava")), dtype="float32", max_model_len=512,
+                      speculative_config={**vispec_config("llava", 2),
+                                          "draft_sample_method": "probabilistic"},
+                      watermark_config={"key": 1234, "allow_target_only_watermarking": True})
+    with pytest.raises(ValueError, match=r"vispec runs on vLLM's classic \(V1\) model runner "
+                                         r"only, but watermarking .* requires Model Runner V2"):
+        args.create_engine_config()
 
 
 def test_served_bad_draft_exits_with_the_reason(tmp_path):

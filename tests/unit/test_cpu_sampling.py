@@ -8,6 +8,7 @@ import torch
 
 from vllm_vispec import plugin
 from vllm_vispec.patches.cpu_sampling import expand_per_token
+from vllm_vispec.patches.engine_scope import vispec_sampling
 
 
 def written_out(x, counts, replace_from, replace_to):
@@ -35,6 +36,8 @@ def test_patched_sampler_constraints_see_the_real_temperatures():
     temperature = torch.tensor([0.5, 2.0], dtype=torch.float32)
     top_k = torch.tensor([3, 7], dtype=torch.int32)
     cu = torch.tensor([2, 5], dtype=torch.int32)
-    assert rejection_sampler.expand_batch_to_tokens(temperature, cu, 5).tolist() == \
-        [0.5, 0.5, 2.0, 2.0, 2.0]
-    assert rejection_sampler.expand_batch_to_tokens(top_k, cu, 5).tolist() == [3, 3, 7, 7, 7]
+    with vispec_sampling():  # as inside a vispec engine's runner._sample
+        assert rejection_sampler.expand_batch_to_tokens(temperature, cu, 5).tolist() == \
+            [0.5, 0.5, 2.0, 2.0, 2.0]
+        assert rejection_sampler.expand_batch_to_tokens(top_k, cu, 5).tolist() == \
+            [3, 3, 7, 7, 7]

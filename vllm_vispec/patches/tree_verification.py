@@ -1,13 +1,28 @@
 """Patches: tree verification in vLLM's classic runner on the CPU backend (see
 tree/target_step.py for the step itself). All three act only in steps that verify a
-branching vispec tree; every other step runs vLLM's code unchanged."""
+branching vispec tree; every other step, and every engine without vispec, runs vLLM's code
+unchanged."""
 
 from __future__ import annotations
 
+from .engine_scope import is_vispec_runner
 from .registry import Patch
 
-# The tree step of the forward in flight, read by the attention patch.
-_ACTIVE: dict = {"step": None}
+UPSTREAM = "vllm-project/vllm#42121 (removed tree attention from vLLM)"
+
+# The tree step of the forward in flight and the attention layers of its engine (layer
+# name -> layer), read by the attention patch.
+_ACTIVE: dict = {"step": None, "layers": {}}
+
+
+def _set_active(step, layers) -> None:
+    _ACTIVE["step"], _ACTIVE["layers"] = step, layers if step is not None else {}
+
+
+def _in_active_step(layer) -> bool:
+    """Whether ``layer`` is one of the layers of the engine whose tree step is in flight
+    (a dict lookup; another engine's layers never see a stale step)."""
+    return _ACTIVE["layers"].get(getattr(layer, "layer_name", None)) is layer
 
 
 def _tree_step_for(runner, scheduler_output):
@@ -32,13 +47,15 @@ def _tree_step_for(runner, scheduler_output):
 def _wrap_prepare_inputs(original):
     def _prepare_inputs(self, scheduler_output, *args, **kwargs):
         result = original(self, scheduler_output, *args, **kwargs)
+        if not is_vispec_runner(self):
+            return result
         step = _tree_step_for(self, scheduler_output)
         if step is not None:
             # After the slot mapping is computed: nodes keep sequential slots.
             step.set_positions(self.positions,
                                self.mrope_positions.gpu if self.uses_mrope else None)
         self._vispec_tree_step = step
-        _ACTIVE["step"] = step
+        _set_active(step, self.compilation_config.static_forward_context)
         return result
     return _prepare_inputs
 
@@ -49,7 +66,8 @@ def _wrap_attention_forward(original):
         out = original(self, layer, query, key, value, kv_cache, attn_metadata, output,
                        *args, **kwargs)
         step = _ACTIVE["step"]
-        if step is not None and attn_metadata is not None and self.attn_type == "decoder":
+        if step is not None and attn_metadata is not None and self.attn_type == "decoder" \
+                and _in_active_step(layer):
             if self.sliding_window not in (None, -1) or self.alibi_slopes is not None \
                     or self.logits_soft_cap or self.sinks is not None:
                 raise NotImplementedError(
@@ -62,13 +80,10 @@ def _wrap_attention_forward(original):
 
 def _wrap_sample(original):
     def _sample(self, logits, spec_decode_metadata):
+        if not is_vispec_runner(self):
+            return original(self, logits, spec_decode_metadata)
         step = getattr(self, "_vispec_tree_step", None)
-        _ACTIVE["step"] = None
-        if spec_decode_metadata is not None and not any(spec_decode_metadata.num_draft_tokens):
-            # Every draft of the step was cut by the token budget (big trees make this
-            # common): sample as without drafts. vLLM 0.32's rejection sampler fails on
-            # zero draft tokens with top-k/top-p ("max(): ... numel() == 0").
-            return original(self, logits, None)
+        _set_active(None, {})
         if step is None or spec_decode_metadata is None:
             return original(self, logits, spec_decode_metadata)
         from vllm.v1.outputs import SamplerOutput
@@ -88,17 +103,20 @@ PATCHES = (
         what="In a step that verifies vispec trees: gives each node the position root + "
              "depth (M-RoPE too) and marks the step for the two patches below.",
         why="vLLM 0.32 schedules speculative tokens as a chain (sequential positions) and "
-            "removed tree attention (vllm-project/vllm#42121).",
+            "removed tree attention.",
         remove_when="vLLM verifies speculative trees again.",
+        upstream=UPSTREAM,
         make_wrapper=_wrap_prepare_inputs,
     ),
     Patch(
         name="tree_attention_cpu",
         target="vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward",
+        platform="cpu",  # trees are refused on other backends (config.check_tree_platform)
         what="After the CPU kernel's causal attention, recomputes the rows of branching "
              "trees with tree attention (cached context + the node's own path).",
         why="vLLM's attention backends take no custom masks.",
         remove_when="vLLM verifies speculative trees again.",
+        upstream=UPSTREAM,
         make_wrapper=_wrap_attention_forward,
     ),
     Patch(
@@ -106,10 +124,10 @@ PATCHES = (
         target=f"{RUNNER}._sample",
         what="In a tree step: verifies each tree (greedy or sampled, lossless) instead of "
              "the chain rejection sampler, then moves the accepted nodes' target K/V to "
-             "the slots after the root. A step whose drafts were all cut by the token "
-             "budget samples as a step without drafts.",
+             "the slots after the root.",
         why="vLLM's rejection sampler compares draft j with the target at j - 1 (a chain).",
         remove_when="vLLM verifies speculative trees again.",
+        upstream=UPSTREAM,
         make_wrapper=_wrap_sample,
     ),
 )
