@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels.compressed_attention import (compressed_paged_attention_ref,
-                                            compressed_paged_attention_triton, kernel_supports)
+from .. import kernel_dispatch
 from .kv_layout import key_value_views
 
 
@@ -87,10 +86,9 @@ def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tens
 def compressed_paged_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                value_cache: torch.Tensor, meta: CompressedAttentionMetadata,
                                scale: float) -> torch.Tensor:
-    """The dispatch point for the draft's attention step: the Triton kernel where it can
-    run (CUDA), its PyTorch reference elsewhere."""
-    args = (query, key_cache, value_cache, meta.block_table, meta.token_req,
-            meta.query_positions, meta.kept_starts, meta.kept_ends, meta.cu_kept, scale)
-    if query.is_cuda and kernel_supports(query, key_cache):
-        return compressed_paged_attention_triton(*args)
-    return compressed_paged_attention_ref(*args)
+    """The draft's attention step: the Triton kernel or its PyTorch reference, as
+    kernel_dispatch decides (the kernel on CUDA; VLLM_VISPEC_KERNELS=triton: also on CPU,
+    in Triton's interpreter)."""
+    return kernel_dispatch.compressed_paged_attention(
+        query, key_cache, value_cache, meta.block_table, meta.token_req,
+        meta.query_positions, meta.kept_starts, meta.kept_ends, meta.cu_kept, scale)

@@ -12,9 +12,8 @@ from vllm.model_executor.layers.linear import (MergedColumnParallelLinear, QKVPa
                                                ReplicatedLinear, RowParallelLinear)
 from vllm.model_executor.layers.rotary_embedding import get_rope
 
-from ..kernels._triton import triton_usable
-from ..kernels.image_compression import compress_images, fold_queries
-from ..kernels.tree_attention import tree_paged_attention
+from .. import kernel_dispatch
+from ..kernels.image_compression import fold_queries, project_pooled
 from .compressed_attention import (CompressedAttentionMetadata, compressed_paged_attention,
                                    paged_kv_views, write_kv)
 from .draft_kv_cache import DraftKVCacheAttention
@@ -89,10 +88,10 @@ class DraftAttention(nn.Module):
         tree = meta.tree
         tree.key[tree.write_rows] = k.to(tree.key.dtype)
         tree.value[tree.write_rows] = v.to(tree.value.dtype)
-        return tree_paged_attention(
+        return kernel_dispatch.tree_paged_attention(
             q, key_cache, value_cache, meta.block_table, meta.token_req, meta.kept_starts,
             meta.kept_ends, meta.cu_kept, tree.key, tree.value, tree.start, tree.length,
-            tree.anc_bits, scale=self.scale)
+            tree.anc_bits, scale=self.scale, site="draft")
 
 
 class DraftMLP(nn.Module):
@@ -149,11 +148,17 @@ class ImageAdaptor(nn.Module):
         self.k_proj = ReplicatedLinear(h, h, bias=dims.qkv_bias, prefix=f"{prefix}.k_proj")
         self.v_proj = ReplicatedLinear(h, h, bias=dims.qkv_bias, prefix=f"{prefix}.v_proj")
         self.o_proj = ReplicatedLinear(h, h, bias=False, prefix=f"{prefix}.o_proj")
+        if kernel_dispatch.mode() == "triton":
+            # The fused path reads these weights itself. vLLM's CPU linear layers repack
+            # and drop their weights after loading unless marked like this (it then uses
+            # F.linear); the adaptor runs once per image, so nothing is lost.
+            for proj in (self.k_proj, self.v_proj, self.o_proj):
+                proj._cpu_skip_gemm_dispatch = True
         self._folded_queries: torch.Tensor | None = None
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """``image_embeds`` [n, H] of one image -> [num_q, H]."""
-        if triton_usable(image_embeds) and image_embeds.is_cuda:
+        if kernel_dispatch.use_image_kernel(image_embeds):
             return self._fused(image_embeds)
         n = image_embeds.shape[0]
         k, _ = self.k_proj(image_embeds)
@@ -168,11 +173,15 @@ class ImageAdaptor(nn.Module):
     def _fused(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """The same output through the fused kernel (kernels/image_compression.py): the key
         projection is folded into the learned queries once, after loading."""
+        if self.k_proj.weight.numel() == 0:
+            raise kernel_dispatch.KernelUnavailable(
+                "the image adaptor's weights were repacked by vLLM's CPU linear layers: set "
+                f"{kernel_dispatch.KERNELS_ENV}=triton before the model loads")
         if self._folded_queries is None:
             self._folded_queries = fold_queries(self.q.data, self.k_proj.weight.data)
         n = image_embeds.shape[0]
         cu = torch.tensor([0, n], dtype=torch.int32, device=image_embeds.device)
-        out = compress_images(image_embeds, cu, self._folded_queries, self.q.shape[0],
-                              self.v_proj.weight, self.v_proj.bias, self.o_proj.weight,
-                              max_tokens=n, use_kernel=True)
+        pooled = kernel_dispatch.pool_images(self._folded_queries, image_embeds, cu, n)
+        out = project_pooled(pooled, self.q.shape[0], self.v_proj.weight, self.v_proj.bias,
+                             self.o_proj.weight)
         return out[0].to(image_embeds.dtype)

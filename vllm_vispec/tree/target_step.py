@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels.tree_attention import ancestor_bits, tree_paged_attention
+from .. import kernel_dispatch
+from ..kernels.tree_attention import ancestor_bits
 from .dynamic_tree import DraftTree
 from .verify import TreeVerdict, verify_tree
 
@@ -144,11 +145,16 @@ class TreeStep:
             self._layout_checked = True
         rows = a["rows"]
         heads, head_dim = query.shape[1], query.shape[2]
-        out = tree_paged_attention(
-            query[rows], key_cache, value_cache, a["block_table"], a["token_req"],
+        block_table = a["block_table"]
+        if kernel_dispatch.wants_kernel(query):
+            # The kernel reads head_dim contiguously; this cache stores keys dimension-major.
+            key_cache, value_cache, block_table = kernel_dispatch.token_major_blocks(
+                key_cache, value_cache, block_table)
+        out = kernel_dispatch.tree_paged_attention(
+            query[rows], key_cache, value_cache, block_table, a["token_req"],
             a["kept_starts"], a["kept_ends"], a["cu_kept"], key[:self.num_tokens],
             value[:self.num_tokens], a["tree_start"], a["tree_len"], a["anc_bits"],
-            scale=scale)
+            scale=scale, site="target")
         output.view(-1, heads, head_dim)[rows] = out.to(output.dtype)
 
     # ---- 3. verification ------------------------------------------------------------------
