@@ -32,6 +32,7 @@ setup(
     entry_points={
         "vllm.general_plugins": ["vispec = vllm_vispec.plugin:register"],
         "console_scripts": ["vispec-demo = vllm_vispec.demo:main",
-                            "vispec-train = vllm_vispec.train.cli:main"],
+                            "vispec-train = vllm_vispec.train.cli:main",
+                            "vispec-selfcheck = vllm_vispec.selfcheck.cli:main"],
     },
 )
