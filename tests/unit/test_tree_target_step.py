@@ -87,3 +87,14 @@ def test_move_kv_copies_accepted_slots():
     want_k = keys[1, [4, 5]].clone()  # slots 20, 21: nodes 2 and 3
     step.move_kv([(cache, "vec16")])
     assert torch.equal(keys[1, [3, 4]], want_k)
+
+
+def test_tree_tokens_come_from_the_drafter_not_the_scheduler():
+    # Under async scheduling vLLM's scheduler holds placeholders (-1) for draft tokens.
+    trees = {"b": DraftTree([11, 12, 13, 14], [-1, -1, 0, 2])}
+    positions = torch.tensor([40, 41, 42, 43, 44])
+    step = TreeStep.build({"b": [-1, -1, -1]}, trees, ["b"], [0, 4], positions,
+                          torch.zeros(1, 4, dtype=torch.int32), torch.arange(4))
+    (request,) = step.requests
+    # The scheduler cut the tree to 3 nodes: the drafter's first 3, breadth first.
+    assert request.tree.tokens == [11, 12, 13] and request.tree.parents == [-1, -1, 0]

@@ -78,16 +78,18 @@ class TreeStep:
         step, left to vLLM)."""
         requests, logits_row = [], 0
         for index, req_id in enumerate(req_ids):
-            drafted = spec_tokens.get(req_id, [])
-            n = len(drafted)
+            # Only the count is read from the scheduler: under async scheduling its
+            # draft tokens are placeholders (-1); the tree's tokens are the drafter's.
+            n = len(spec_tokens.get(req_id, ()))
             if n:
                 stored = trees.get(req_id)
-                parents = (stored.parents[:n] if stored is not None and len(stored) >= n
-                           else list(range(-1, n - 1)))
+                if stored is not None and len(stored) >= n:
+                    tree = stored.truncated(n)  # the scheduler keeps a breadth-first prefix
+                else:
+                    tree = DraftTree(list(spec_tokens[req_id]), list(range(-1, n - 1)))
                 root_row = query_start_loc[index + 1] - n - 1
                 requests.append(TreeRequest(index, root_row, logits_row,
-                                            int(positions[root_row]),
-                                            DraftTree(list(drafted), parents)))
+                                            int(positions[root_row]), tree))
             logits_row += n + 1
         if not any(r.branches for r in requests):
             return None
