@@ -137,7 +137,7 @@ def plain_vllm_checks() -> dict:
     from vllm_vispec.patches import PATCHES
     from vllm_vispec.patches.registry import MARKER
 
-    return {"patch_targets": sorted(p.target for p in PATCHES), "marker": MARKER,
+    return {"patch_targets": sorted({p.target for p in PATCHES}), "marker": MARKER,
             "draft_architecture": DRAFT_ARCHITECTURE}
 
 

@@ -1,13 +1,15 @@
 """Prefix caching with pictures repeated across requests, chunked prefill splitting them,
 and a KV cache small enough to preempt: greedy vispec output stays identical to the output
 without speculation, and acceptance does not collapse when the prefix cache supplies the
-prompt (the draft's image state comes back from the image's content hash)."""
+prompt (the draft's image state comes back from the image's content hash). The output
+without speculation comes from vLLM with no plugin loaded (plain_vllm)."""
 
 from __future__ import annotations
 
 import pytest
+from plain_vllm import plain_run
 from prompts import text
-from vllm_runs import greedy_params, offline_llm, spec_counters, vispec_config
+from vllm_runs import GREEDY, greedy_params, offline_llm, spec_counters, vispec_config
 
 from vllm_vispec.tiny.images import image_part, shapes_image
 
@@ -46,7 +48,7 @@ def reused_tokens(monkeypatch) -> list[int]:
     return reused
 
 
-def run(kind: str, speculative_config: dict | None, reused: list[int], **engine) -> dict:
+def run(kind: str, speculative_config: dict, reused: list[int], **engine) -> dict:
     tokens = {}
     reused.clear()
     with offline_llm(kind, speculative_config, block_size=BLOCK, **engine) as llm:
@@ -55,21 +57,21 @@ def run(kind: str, speculative_config: dict | None, reused: list[int], **engine)
             outs = llm.chat(list(convs.values()), greedy_params(), use_tqdm=False)
             tokens.update({name: list(o.outputs[0].token_ids) for name, o in zip(convs, outs)})
         metrics = {m.name: getattr(m, "value", None) for m in llm.get_metrics()}
-        counters = spec_counters(llm) if speculative_config else {}
+        counters = spec_counters(llm)
     return dict(tokens=tokens, hits=sum(reused),
                 preemptions=metrics["vllm:num_preemptions"],
                 acceptance_length=1 + counters.get("num_accepted_tokens", 0)
                 / max(1, counters.get("num_drafts", 0)))
 
 
-_EXPECTED: dict[str, dict] = {}
-
-
-def expected_tokens(kind: str, reused: list[int]) -> dict:
-    """Greedy tokens without speculation or prefix caching, once per target."""
-    if kind not in _EXPECTED:
-        _EXPECTED[kind] = run(kind, None, reused, enable_prefix_caching=False)["tokens"]
-    return _EXPECTED[kind]
+def expected_tokens(kind: str) -> dict:
+    """Greedy tokens without speculation or prefix caching, the rounds in turn in one
+    engine as run() sends them; plain_vllm runs it once per target."""
+    rounds = [shared_picture_conversations(round_) for round_ in range(ROUNDS)]
+    outputs = plain_run(kind, [(list(convs.values()), GREEDY) for convs in rounds],
+                        block_size=BLOCK, enable_prefix_caching=False)["outputs"]
+    return {name: ids for convs, outs in zip(rounds, outputs)
+            for name, (ids, _) in zip(convs, outs)}
 
 
 def assert_same_tokens(got: dict, expected: dict, label: str) -> None:
@@ -80,7 +82,7 @@ def assert_same_tokens(got: dict, expected: dict, label: str) -> None:
 
 @pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
 def test_prefix_caching_keeps_output_and_acceptance(kind, reused_tokens):
-    expected = expected_tokens(kind, reused_tokens)
+    expected = expected_tokens(kind)
     cached = run(kind, vispec_config(kind, 3), reused_tokens, enable_prefix_caching=True)
     uncached = run(kind, vispec_config(kind, 3), reused_tokens, enable_prefix_caching=False)
     assert_same_tokens(cached["tokens"], expected, "prefix caching")
@@ -103,7 +105,7 @@ SCHEDULES = {
 
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_cached_pictures_survive_chunks_and_preemption(schedule, reused_tokens):
-    expected = expected_tokens("llava", reused_tokens)
+    expected = expected_tokens("llava")
     got = run("llava", vispec_config("llava", 3), reused_tokens, enable_prefix_caching=True,
               **SCHEDULES[schedule])
     assert_same_tokens(got["tokens"], expected, schedule)

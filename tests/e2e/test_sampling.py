@@ -1,7 +1,7 @@
 """Speculation at temperature > 0 (top-k too) is lossless in distribution and reproducible:
 token frequencies with vispec chains and trees match those without speculation (chi-square
 test of homogeneity), and the same seeds give the same tokens, in one engine and in a new
-one."""
+one. The samples without speculation come from vLLM with no plugin loaded (plain_vllm)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import math
 from collections import Counter
 
 import pytest
+from plain_vllm import plain_run
 from vllm_runs import offline_llm, spec_counters, vispec_config
 
 SAMPLES = 400
@@ -23,24 +24,37 @@ def speculation(drafting: str) -> dict:
         vispec_config("llava", 2, tree=TREE)
 
 
+PROMPT = [{"role": "user", "content": "Describe a red circle near the top."}]
+ENGINE = dict(max_num_seqs=64)
+
+
+def sampling_kwargs() -> list[dict]:
+    return [dict(temperature=1.0, top_k=3, max_tokens=len(POSITIONS) + 1, seed=1000 + i,
+                 ignore_eos=True) for i in range(SAMPLES)]
+
+
 def sample(speculative_config):
     """Seeded samples, twice in one engine (asserted equal), and the spec counters."""
     from vllm import SamplingParams
-    params = [SamplingParams(temperature=1.0, top_k=3, max_tokens=len(POSITIONS) + 1,
-                             seed=1000 + i, ignore_eos=True) for i in range(SAMPLES)]
-    prompt = [{"role": "user", "content": "Describe a red circle near the top."}]
-    with offline_llm("llava", speculative_config, max_num_seqs=64) as llm:
+    params = [SamplingParams(**kw) for kw in sampling_kwargs()]
+    with offline_llm("llava", speculative_config, **ENGINE) as llm:
         runs = [[list(o.outputs[0].token_ids)
-                 for o in llm.chat([prompt] * SAMPLES, params, use_tqdm=False)]
+                 for o in llm.chat([PROMPT] * SAMPLES, params, use_tqdm=False)]
                 for _ in range(2)]
-        counters = spec_counters(llm) if speculative_config else {}
+        counters = spec_counters(llm)
     assert runs[0] == runs[1], "the same seeds gave other tokens in the same engine"
     return runs[0], counters
 
 
 @pytest.fixture(scope="module")
 def plain_samples():
-    return sample(None)[0]
+    """The same seeded samples from vLLM without speculation or plugin, twice in one
+    engine (asserted equal)."""
+    batch = ([PROMPT] * SAMPLES, sampling_kwargs())
+    runs = [[ids for ids, _ in outs]
+            for outs in plain_run("llava", [batch, batch], **ENGINE)["outputs"]]
+    assert runs[0] == runs[1], "the same seeds gave other tokens in the same engine"
+    return runs[0]
 
 
 def chi_square_p(a: Counter, b: Counter) -> float:

@@ -1,12 +1,14 @@
 """vispec inside vLLM's tensor-parallel engine: at tensor_parallel_size=2 on the CPU backend
 (two worker processes, one core each) greedy text with vispec equals the text without
-speculation, for text-only, one- and two-image prompts in one batch, chains and trees; and
+speculation (vLLM with no plugin, also at TP=2), for text-only, one- and two-image prompts
+in one batch, chains and trees; and
 the drafts are accepted as often as at TP=1, so every rank's draft half (its heads, fed by
 its own copy of the target features and per-request image state) is right."""
 
 from __future__ import annotations
 
 import pytest
+from plain_vllm import plain_greedy
 from prompts import conversations
 from vllm_runs import greedy_chat, offline_llm, spec_counters, vispec_config
 
@@ -25,9 +27,7 @@ def tp2(monkeypatch) -> dict:
 @pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
 def test_vispec_at_tp2_matches_no_speculation(kind, tp2, baseline):
     convs = conversations()
-    with offline_llm(kind, None, **tp2) as llm:
-        expected = greedy_chat(llm, convs)
-    del llm
+    expected = plain_greedy(kind, convs, **tp2)
     speculative = {"chain": vispec_config(kind, 3)}
     if kind == "llava":
         speculative["tree"] = vispec_config(kind, 2, tree=TREE)
