@@ -197,12 +197,12 @@ def main(argv=None) -> int:
         for kind in args.kinds:
             print(f"[selfcheck] {kind}: engines without and with vispec ...", flush=True)
             results += check_target(kind, settings, chains, trees,
-                                    "--skip-trees" if args.skip_trees else None, engines)
+                                    "--skip-trees given" if args.skip_trees else None, engines)
 
+    facts = facts_by_target(engines)
     info = {"vllm": engine_vllm_version(engines), "vispec": version_of("vllm-vispec"),
-            "platform": platform_text,
-            "dtype": dtype_text(dtype, cuda, tie_margin, facts_by_target(engines)),
-            "engine_facts": facts_by_target(engines), "ran_engines": chains or trees,
+            "platform": platform_text, "dtype": dtype_text(dtype, cuda, tie_margin, facts),
+            "engine_facts": facts, "ran_engines": any(n != "kernels" for n in engines),
             "log_dir": str(log_dir)}
     print(render(info, results), flush=True)
     code = 1 if failed(results) else 0

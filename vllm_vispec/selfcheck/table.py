@@ -48,8 +48,9 @@ def fact_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     for kind, facts in info.get("engine_facts", {}).items():
         rows.append((f"{kind}: draft attention", draft_fact(facts)))
         rows.append((f"{kind}: KV cache", kv_fact(facts)))
-    if not info.get("engine_facts") and info.get("ran_engines") is False:
-        rows.append(("draft attention / KV cache", "not known: no engine was run"))
+    if not info.get("engine_facts"):
+        rows.append(("draft attention / KV cache", "not known: no engine reported them"
+                     if info.get("ran_engines") else "not known: no engine was run"))
     return rows
 
 
