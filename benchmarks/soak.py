@@ -7,7 +7,8 @@ each with its own ``max_tokens``), streamed or not; some streams are dropped by 
 after a few chunks (vLLM aborts the request), a few requests carry a corrupt picture
 (expected: a 4xx). The phases run closed loops at each ``--concurrency`` in turn.
 
-First the pool is answered once by ``vllm serve`` without speculation (the baseline), then
+First the pool is answered once by ``vllm serve`` without speculation and without any vLLM
+plugin (the baseline: vLLM alone, ``VLLM_PLUGINS=""``, not vLLM with vispec's patches), then
 the same server command with the speculative config takes the soak. Reported: sent, ok,
 aborted by the client, 4xx (expected and not), 5xx, transport errors, mismatches against
 the baseline, whether the server still answers (``/health`` and one more request) and how
@@ -266,7 +267,7 @@ def server_survived(server, model: str, prompt: Prompt, expected: str) -> bool:
 def soak(args) -> Report:
     from tqdm import tqdm
 
-    from vllm_vispec.serve_process import VllmServer
+    from vllm_vispec.serve_process import NO_PLUGINS_ENV, VllmServer
     target = resolve_target(args.target)
     name, _ = parse_method(args.method)
     if name == "none":
@@ -281,7 +282,7 @@ def soak(args) -> Report:
                        max_num_seqs=max(args.concurrency), name="soak")
 
     with VllmServer(target, serve_args(**server_args, spec=None),
-                    log_path=logs / "baseline.log") as server:
+                    log_path=logs / "baseline.log", env=NO_PLUGINS_ENV) as server:
         baseline = baseline_answers(server.url + "/v1/chat/completions", "soak", pool)
 
     report = Report(args.target, args.method, spec["num_speculative_tokens"], args.concurrency)
