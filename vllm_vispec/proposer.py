@@ -45,6 +45,14 @@ class VispecProposer(EagleProposer):
         self.chain_tokens: int = drafting.get("chain_tokens") or self.num_speculative_tokens
         tree = drafting.get("tree")
         self.tree_options = TreeOptions(**tree) if tree else None
+        if self.tree_options is not None and vllm_config.scheduler_config.async_scheduling:
+            # vLLM's async scheduler reserves total_tokens placeholders every step; a step
+            # that drafts a chain or nothing (under load, non-plain sampling) returns fewer.
+            raise ValueError(
+                'vispec "tree" does not run with async scheduling yet (its chain and off '
+                "steps draft fewer tokens than the scheduler reserves): start vLLM with "
+                "--no-async-scheduling (LLM(..., async_scheduling=False)), or drop \"tree\" "
+                "to draft chains, which do run with async scheduling.")
         self.trees: dict[str, DraftTree] = {}  # the tree each request was last given
         self.accepted_step: TreeStep | None = None  # set by the tree sampler patch
         self._first_hidden: torch.Tensor | None = None
