@@ -182,6 +182,17 @@ SURFACE = {
     "vllm.multimodal.cache:LruKeyReplicatedSenderCache.clear_cache": ("self",),
     "vllm.v1.engine:EngineCoreRequestType": attrs("ADD"),
     "vllm.v1.engine:EngineCoreRequest": attrs("mm_features"),
+    # ---- the scheduler's encoder look-ahead (patches/encoder_budget.py) -----------------
+    "vllm.v1.core.sched.scheduler:Scheduler._try_schedule_encoder_inputs":
+        ("self", "request", "num_computed_tokens", "num_new_tokens", "encoder_compute_budget",
+         "shift_computed_tokens"),
+    "vllm.v1.core.sched.scheduler:Scheduler._free_encoder_input": ("self", "request", "input_id"),
+    "vllm.v1.core.sched.scheduler:Scheduler": attrs("vllm_config", "encoder_cache_manager"),
+    "vllm.v1.core.encoder_cache_manager:EncoderCacheManager.get_cached_input_ids":
+        ("self", "request"),
+    "vllm.v1.request:Request": attrs("num_computed_tokens", "num_output_placeholders",
+                                     "mm_features"),
+    f"{RUNNER}._gather_mm_embeddings": ("self", "scheduler_output", "shift_computed_tokens"),
 }
 
 

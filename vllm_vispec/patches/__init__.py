@@ -20,14 +20,14 @@ version guard is applied (see plugin.register).
 
 from __future__ import annotations
 
-from . import (cpu_sampling, mm_cache_delivery, proposer_selection, runner_selection,
-               speculative_method, tree_verification, zero_draft_sampling)
+from . import (cpu_sampling, encoder_budget, mm_cache_delivery, proposer_selection,
+               runner_selection, speculative_method, tree_verification, zero_draft_sampling)
 from .registry import Patch
 
 PATCHES: tuple[Patch, ...] = (speculative_method.PATCH, runner_selection.PATCH,
                               proposer_selection.PATCH, *tree_verification.PATCHES,
                               zero_draft_sampling.PATCH, *cpu_sampling.PATCHES,
-                              *mm_cache_delivery.PATCHES)
+                              *mm_cache_delivery.PATCHES, encoder_budget.PATCH)
 
 
 def apply_all() -> None:
