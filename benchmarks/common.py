@@ -10,6 +10,7 @@ Targets and drafts are folders (HF format), hub ids, or local shorthands:
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -74,12 +75,16 @@ def speculative_config(method: str, k: int) -> dict | None:
 
 
 def serve_args(dtype: str, max_model_len: int, max_num_seqs: int, name: str,
-               spec: dict | None, enforce_eager: bool = True) -> list[str]:
-    """``vllm serve`` arguments of the benchmark servers (two pictures a prompt, seed 0)."""
+               spec: dict | None, enforce_eager: bool = True,
+               max_num_batched_tokens: int | None = None) -> list[str]:
+    """``vllm serve`` arguments of the benchmark servers (two pictures a prompt, seed 0);
+    ``max_num_batched_tokens`` None keeps vLLM's default token budget."""
     out = ["--dtype", dtype, "--max-model-len", str(max_model_len),
            "--max-num-seqs", str(max_num_seqs), "--served-model-name", name,
            "--limit-mm-per-prompt", json.dumps({"image": 2}), "--seed", "0"]
     out += ["--enforce-eager"] if enforce_eager else []
+    if max_num_batched_tokens is not None:
+        out += ["--max-num-batched-tokens", str(max_num_batched_tokens)]
     return out + (["--speculative-config", json.dumps(spec)] if spec else [])
 
 
@@ -133,3 +138,14 @@ def summary(values: list[float]) -> dict:
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return {"median": statistics.median(ordered), "p99": p99,
             "mean": statistics.fmean(ordered)}
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"want a positive integer, got {value!r}")
+    return number

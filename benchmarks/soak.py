@@ -19,6 +19,9 @@ or the server did not survive.
     python benchmarks/soak.py --out benchmarks/results/soak/tiny-llava-chain.json
     python benchmarks/soak.py --target demo --method vispec=demo \\
         --out benchmarks/results/soak/demo-chain.json
+    # a token budget smaller than two pictures (16-token pictures on tiny:llava)
+    python benchmarks/soak.py --max-num-batched-tokens 16 \\
+        --out benchmarks/results/soak/tiny-llava-small-budget.json
 """
 
 from __future__ import annotations
@@ -194,6 +197,7 @@ class Report:
     requests_left_running: float | None = None
     spec_decode: dict = field(default_factory=dict)
     examples: list = field(default_factory=list)  # the first few failures, for the log
+    max_num_batched_tokens: int | None = None  # None: vLLM's default token budget
 
     @property
     def passed(self) -> bool:
@@ -279,13 +283,15 @@ def soak(args) -> Report:
                    args.seed)
     logs = args.out.parent / "logs"
     server_args = dict(dtype=args.dtype, max_model_len=args.max_model_len,
-                       max_num_seqs=max(args.concurrency), name="soak")
+                       max_num_seqs=max(args.concurrency), name="soak",
+                       max_num_batched_tokens=args.max_num_batched_tokens)
 
     with VllmServer(target, serve_args(**server_args, spec=None),
                     log_path=logs / "baseline.log", env=NO_PLUGINS_ENV) as server:
         baseline = baseline_answers(server.url + "/v1/chat/completions", "soak", pool)
 
-    report = Report(args.target, args.method, spec["num_speculative_tokens"], args.concurrency)
+    report = Report(args.target, args.method, spec["num_speculative_tokens"], args.concurrency,
+                    max_num_batched_tokens=args.max_num_batched_tokens)
     outcomes: dict[int, Outcome] = {}
     per_phase = -(-len(planned) // len(args.concurrency))
     with VllmServer(target, serve_args(**server_args, spec=spec),
@@ -332,6 +338,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument("--max-num-batched-tokens", type=common.positive_int, default=None,
+                   help="token budget of a step, for both servers (default: vLLM's); a "
+                   "budget below two pictures' tokens (e.g. 16 on tiny:llava, 16-token "
+                   "pictures) splits pictures across steps and holds one picture in the "
+                   "encoder cache at a time")
     p.add_argument("--out", type=Path, required=True, help="the JSON report to write")
     args = p.parse_args(argv)
     if args.requests < 1 or min(args.concurrency) < 1 or args.distinct < 3:

@@ -82,7 +82,9 @@ def run_configuration(target: str, method: str, k: int, prompts, levels: list[in
     llm = LLM(model=target, dtype=args.dtype, max_model_len=args.max_model_len,
               enforce_eager=args.enforce_eager, limit_mm_per_prompt={"image": 2},
               max_num_seqs=max(levels), disable_log_stats=False, seed=0,
-              speculative_config=speculative_config(method, k))
+              speculative_config=speculative_config(method, k),
+              **({"max_num_batched_tokens": args.max_num_batched_tokens}
+                 if args.max_num_batched_tokens else {}))
     load_seconds = time.perf_counter() - started
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens,
                             ignore_eos=args.ignore_eos)
@@ -117,7 +119,8 @@ def run_configuration_served(target: str, method: str, k: int, prompts, levels: 
     from vllm_vispec.serve_process import VllmServer
     spec = speculative_config(method, k)
     cli_args = common.serve_args(args.dtype, args.max_model_len, max(levels), "bench", spec,
-                                 enforce_eager=args.enforce_eager)
+                                 enforce_eager=args.enforce_eager,
+                                 max_num_batched_tokens=args.max_num_batched_tokens)
     log = args.out / "logs" / f"{method.split('=')[0]}-k{k}.log"
     started = time.perf_counter()
     with VllmServer(target, cli_args, log_path=log) as server:
@@ -159,6 +162,10 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--max-num-batched-tokens", type=common.positive_int, default=None,
+                   help="token budget of a step, offline and served (default: vLLM's); below "
+                   "two pictures' tokens it splits pictures across steps and holds one "
+                   "picture in the encoder cache at a time")
     p.add_argument("--served", action="store_true",
                    help="through `vllm serve` (one server per configuration, streaming "
                    "OpenAI chat requests) instead of an offline engine")
@@ -193,6 +200,7 @@ def main(argv=None) -> int:
     compare(results)
     report = {"target": args.target, "dataset": args.dataset, "prompts": args.prompts,
               "max_tokens": args.max_tokens, "dtype": args.dtype, "quick": args.quick,
+              "max_num_batched_tokens": args.max_num_batched_tokens,
               "mode": "served" if args.served else "offline",
               "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
