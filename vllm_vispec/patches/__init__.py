@@ -15,6 +15,9 @@ version guard is applied (see plugin.register).
 | zero_draft_sampling | GPUModelRunner._sample (around tree_sampler) | all | none filed (vllm-project/vllm-gaudi#593) | vLLM's runner skips rejection sampling without drafts |
 | vispec_sampling_scope | GPUModelRunner._sample (around zero_draft_sampling) | cpu | vllm-project/vllm#55005 | cpu_expand_batch_to_tokens goes |
 | cpu_expand_batch_to_tokens | rejection_sampler.expand_batch_to_tokens | cpu | vllm-project/vllm#55005, fix #55006 | vLLM-CPU's expand kernel writes back non-int64 tensors |
+| mm_cache_delivery_order | renderers.base.processor_cache_from_config | all | vllm-project/vllm#46747 (recovers, does not prevent) | vLLM orders its multimodal shadow cache by delivery |
+| mm_cache_mark_sent_async / _sync / _inproc | AsyncMPClient._send_input, SyncMPClient._send_input, InprocClient.add_request | all | as above | as above |
+| encoder_lookahead_progress | Scheduler._try_schedule_encoder_inputs | all | none filed (vllm-project/vllm-ascend#17195) | vLLM's EAGLE look-ahead cannot schedule 0 tokens for ever |
 | vispec_version_guard (unsupported vLLM only) | EngineArgs.create_speculative_config | all | none filed | vLLM can register a speculative method |
 """
 
