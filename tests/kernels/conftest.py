@@ -29,14 +29,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def shuffled_paged_cache(seq_lens, block_size, kv_heads, head_dim, generator, spare_blocks):
     """A paged K/V cache of random values whose blocks are handed to the requests in a
     random order (plus unused spares): (block_table, key_cache, value_cache)."""
-    blocks_per_req = [-(-s // block_size) for s in seq_lens]
-    num_blocks = sum(blocks_per_req) + spare_blocks
-    perm = torch.randperm(num_blocks, generator=generator)
-    block_table = torch.zeros(len(seq_lens), max(blocks_per_req), dtype=torch.int32)
-    used = 0
-    for r, n in enumerate(blocks_per_req):
-        block_table[r, :n] = perm[used:used + n]
-        used += n
+    from vllm_vispec.kernels.cases import shuffled_block_table
+    block_table, num_blocks = shuffled_block_table(seq_lens, block_size, generator,
+                                                   spare_blocks)
     key_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=generator)
     value_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim,
                               generator=generator)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import DEVICE, rehome_in_vllm_cache, shuffled_paged_cache
 
+from vllm_vispec.kernels.cases import context_ends, tree_metadata
 from vllm_vispec.kernels.tree_attention import (MAX_TREE_ROWS, ancestor_bits,
                                                 tree_paged_attention_ref,
                                                 tree_paged_attention_triton)
@@ -18,33 +19,20 @@ def make_batch(context_intervals, trees, block_size=16, heads=4, kv_heads=2, hea
     """Requests with kept context intervals and a tree each (parent lists); every tree row
     is also a query, as in target verification."""
     g = torch.Generator().manual_seed(seed)
-    ends = [max([e for _, e in ivs] + [1]) for ivs in context_intervals]
     block_table, key_cache, value_cache = shuffled_paged_cache(
-        ends, block_size, kv_heads, head_dim, g, spare_blocks=2)
-    token_req, bits, starts, kends, cu, tree_start, tree_len = [], [], [], [], [0], [], []
-    for r, (ivs, parents) in enumerate(zip(context_intervals, trees)):
-        starts += [s for s, _ in ivs]
-        kends += [e for _, e in ivs]
-        cu.append(len(starts))
-        tree_start.append(len(token_req))
-        tree_len.append(len(parents))
-        token_req += [r] * len(parents)
-        bits += ancestor_bits(parents)
-    rows = len(token_req)
+        context_ends(context_intervals), block_size, kv_heads, head_dim, g, spare_blocks=2)
+    meta = tree_metadata(context_intervals, trees)
+    rows = len(meta["token_req"])
     tree_key = torch.randn(rows, kv_heads, head_dim, generator=g)
     tree_value = torch.randn(rows, kv_heads, head_dim, generator=g)
     query = torch.randn(rows, heads, head_dim, generator=g)
-
-    def i32(values):
-        return torch.tensor(values, dtype=torch.int32, device=DEVICE)
+    index = {name: torch.tensor(values, dtype=torch.int64 if name == "anc_bits"
+                                else torch.int32, device=DEVICE)
+             for name, values in meta.items()}
     return dict(query=query.to(DEVICE, dtype), key_cache=key_cache.to(DEVICE, dtype),
                 value_cache=value_cache.to(DEVICE, dtype), block_table=block_table.to(DEVICE),
-                token_req=i32(token_req), kept_starts=i32(starts), kept_ends=i32(kends),
-                cu_kept=i32(cu), tree_key=tree_key.to(DEVICE, dtype),
-                tree_value=tree_value.to(DEVICE, dtype), tree_start=i32(tree_start),
-                tree_len=i32(tree_len),
-                anc_bits=torch.tensor(bits, dtype=torch.int64, device=DEVICE),
-                scale=head_dim ** -0.5)
+                tree_key=tree_key.to(DEVICE, dtype), tree_value=tree_value.to(DEVICE, dtype),
+                scale=head_dim ** -0.5, **index)
 
 
 def written_out(batch, context_intervals, trees):

@@ -51,14 +51,9 @@ class Shapes:
 def paged_cache(seq_lens: list[int], shapes: Shapes, dtype, device, g, token_major: bool):
     """(block_table, key_cache, value_cache): K and V as views of one combined per-layer
     cache, ``[blocks, block_size, kv_heads, head_dim]`` each, with vLLM-like strides."""
-    blocks_per_req = [-(-s // shapes.block_size) for s in seq_lens]
-    num_blocks = sum(blocks_per_req) + 2  # spare blocks no request owns
-    perm = torch.randperm(num_blocks, generator=g)
-    block_table = torch.zeros(len(seq_lens), max(blocks_per_req), dtype=torch.int32)
-    used = 0
-    for r, n in enumerate(blocks_per_req):
-        block_table[r, :n] = perm[used:used + n]
-        used += n
+    from ..kernels.cases import shuffled_block_table
+    block_table, num_blocks = shuffled_block_table(seq_lens, shapes.block_size, g,
+                                                   spare_blocks=2)
     d, h, b = shapes.head_dim, shapes.kv_heads, shapes.block_size
     if token_major:  # [blocks, block_size, heads, K|V]
         kv = torch.randn(num_blocks, b, h, 2 * d, generator=g)
@@ -100,33 +95,23 @@ def compressed_attention_case(seq_lens, query_lens, dropped, shapes, dtype, devi
 
 def tree_attention_case(contexts, trees, shapes, dtype, device, seed, token_major):
     """Keyword arguments of tree attention: every tree row is also a query (verification)."""
-    from ..kernels.tree_attention import ancestor_bits
+    from ..kernels.cases import context_ends, tree_metadata
     g = torch.Generator().manual_seed(seed)
-    ends = [max([e for _, e in ivs] + [1]) for ivs in contexts]
-    block_table, key_cache, value_cache = paged_cache(ends, shapes, dtype, device, g,
-                                                      token_major)
-    token_req, bits, starts, kends, cu, tree_start, tree_len = [], [], [], [], [0], [], []
-    for r, (ivs, parents) in enumerate(zip(contexts, trees)):
-        starts += [s for s, _ in ivs]
-        kends += [e for _, e in ivs]
-        cu.append(len(starts))
-        tree_start.append(len(token_req))
-        tree_len.append(len(parents))
-        token_req += [r] * len(parents)
-        bits += ancestor_bits(parents)
-    rows = len(token_req)
+    block_table, key_cache, value_cache = paged_cache(context_ends(contexts), shapes, dtype,
+                                                      device, g, token_major)
+    meta = tree_metadata(contexts, trees)
+    rows = len(meta["token_req"])
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device, dtype)
     return dict(query=rand(rows, shapes.heads, shapes.head_dim), key_cache=key_cache,
                 value_cache=value_cache, block_table=block_table,
-                token_req=i32(token_req, device), kept_starts=i32(starts, device),
-                kept_ends=i32(kends, device), cu_kept=i32(cu, device),
                 tree_key=rand(rows, shapes.kv_heads, shapes.head_dim),
                 tree_value=rand(rows, shapes.kv_heads, shapes.head_dim),
-                tree_start=i32(tree_start, device), tree_len=i32(tree_len, device),
-                anc_bits=torch.tensor(bits, dtype=torch.int64, device=device),
-                scale=shapes.head_dim ** -0.5)
+                scale=shapes.head_dim ** -0.5,
+                **{name: torch.tensor(values, device=device, dtype=torch.int64
+                                      if name == "anc_bits" else torch.int32)
+                   for name, values in meta.items()})
 
 
 def image_compression_case(lengths, hidden, heads, num_q, dtype, device, seed):
