@@ -66,6 +66,9 @@ def test_vllm_alone_drifts(monkeypatch):
     this test fails, vLLM orders its cache by delivery and the patch can go)."""
     import vllm.renderers.base as renderers
     from vllm.multimodal.cache import MultiModalCacheMissError, factories
+
+    from vllm_vispec.plugin import register
+    register()  # patches applied once, now: the engine below does not re-apply them
     monkeypatch.setattr(renderers, "processor_cache_from_config",
                         factories.processor_cache_from_config)
     messages = conversations()["one_image"]
@@ -75,5 +78,7 @@ def test_vllm_alone_drifts(monkeypatch):
         assert _sent_by_hash_only(second)
         with pytest.raises(MultiModalCacheMissError, match="P0/P1 cache drift"):
             llm.llm_engine.add_request("1", second, greedy_params())
+        # The front end registered the refused request before the engine refused it.
+        llm.llm_engine.abort_request(["1"])
         llm.llm_engine.add_request("0", first, greedy_params())
         assert set(_run(llm)) == {"0"}
