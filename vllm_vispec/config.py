@@ -104,6 +104,6 @@ def to_eagle_config(spec: dict[str, Any], target_model_config: Any) -> dict[str,
     )
     # vLLM sizes its buffers and stats by num_speculative_tokens: with a tree, that is
     # the tree's size (a chain step then drafts fewer).
-    num_tokens = max(chain_tokens, tree.total_tokens) if tree else chain_tokens
+    num_tokens = max(chain_tokens, tree.num_nodes) if tree else chain_tokens
     return {**spec, "method": "eagle", "model": str(draft),
             "num_speculative_tokens": num_tokens}

@@ -167,7 +167,7 @@ class VispecProposer(EagleProposer):
 
     @torch.inference_mode()
     def _grow_trees(self, cad, token_indices_to_sample) -> list[DraftTree]:
-        """EAGLE-2 expansion: ``depth - 1`` draft passes over each level's ``top_k`` best
+        """EAGLE-2 expansion: ``depth`` draft passes over each level's ``top_k`` best
         nodes; each node attends to its request's context and its own path."""
         options, draft = self.tree_options, self._draft()
         k, dims = options.top_k, draft.dims
@@ -182,12 +182,12 @@ class VispecProposer(EagleProposer):
         cu_kept = [0]
         for req in intervals:
             cu_kept.append(cu_kept[-1] + len(req))
-        rows_per_req = k * max(1, options.depth - 1)
+        rows_per_req = k * options.expansions
         kv_heads = draft.layers[0].self_attn.num_kv_heads  # this tensor-parallel rank's
         tree_key = torch.zeros(batch * rows_per_req, kv_heads, dims.head_dim,
                                dtype=first.dtype, device=device)
         tree_value = torch.zeros_like(tree_key)
-        row_of = torch.full((batch, growth.tokens.shape[1] + options.depth * k * k), -1,
+        row_of = torch.full((batch, growth.tokens.shape[1] + options.expansions * k * k), -1,
                             dtype=torch.long)
         row_bits = torch.zeros(batch, rows_per_req, dtype=torch.int64)
         row_features = first.new_zeros(batch, rows_per_req, first.shape[-1])
@@ -195,7 +195,7 @@ class VispecProposer(EagleProposer):
 
         def int32(values) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int32, device=device)
-        for level in range(1, options.depth):
+        for level in range(1, options.expansions + 1):
             frontier = growth.frontier  # [batch, k] candidates of this level
             parents = growth.parents.gather(1, frontier)
             rows = torch.arange((level - 1) * k, level * k).expand(batch, k)
@@ -233,7 +233,7 @@ class VispecProposer(EagleProposer):
             row_features[arange_b[:, None], rows] = out.view(batch, k, -1)
             logprobs = self.model.compute_logits(out).log_softmax(-1)
             growth.extend(logprobs.view(batch, k, -1))
-        return growth.select(options.total_tokens)
+        return growth.select(options.num_nodes)
 
     def prepare_inputs(self, common_attn_metadata, sampled_token_ids, num_draft_tokens):
         cad, token_indices = super().prepare_inputs(common_attn_metadata, sampled_token_ids,

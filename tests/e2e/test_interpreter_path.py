@@ -36,7 +36,7 @@ inside = pytest.mark.skipif(
 BATCH_TOKENS = 12
 ALONE_TOKENS = 8
 # Trees for a request alone, chains of num_speculative_tokens for the batch.
-TREE = {"depth": 3, "top_k": 4, "total_tokens": 10, "chain_above_batch": 1,
+TREE = {"depth": 2, "top_k": 4, "total_tokens": 11, "chain_above_batch": 1,
         "off_above_batch": 64}
 FIDELITY_CASE = ("tests/e2e/test_draft_fidelity.py::"
                  "test_draft_tokens_and_logits_match_the_reference[qwen2_5_vl-whole-prefill]")

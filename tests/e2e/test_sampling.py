@@ -14,7 +14,7 @@ from vllm_runs import offline_llm, spec_counters, vispec_config
 
 SAMPLES = 400
 POSITIONS = (1, 2, 3)  # output positions decided by verification steps (0 is prefill's)
-TREE = {"depth": 3, "top_k": 4, "total_tokens": 10, "chain_above_batch": 1000,
+TREE = {"depth": 2, "top_k": 4, "total_tokens": 11, "chain_above_batch": 1000,
         "off_above_batch": 1000}
 
 

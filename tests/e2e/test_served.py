@@ -51,7 +51,7 @@ def test_served_trees_match_no_speculation(baseline, tmp_path):
     """EAGLE-2 trees through `vllm serve` (trees for the concurrent batch too)."""
     expected = baseline("llava")
     convs = conversations()
-    spec = vispec_config("llava", 2, tree={"depth": 3, "top_k": 4, "total_tokens": 10,
+    spec = vispec_config("llava", 2, tree={"depth": 2, "top_k": 4, "total_tokens": 11,
                                            "chain_above_batch": 64, "off_above_batch": 64})
     args = ["--speculative-config", json.dumps(spec), *SERVE_ARGS]
     with VllmServer(str(tiny_target("llava")), args, log_path=tmp_path / "server.log",

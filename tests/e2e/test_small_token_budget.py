@@ -26,7 +26,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ENGINE_TIMEOUT_S = 300  # a run takes 15-25 s on 2 cores
 MAX_TOKENS = 24
-TREE = {"depth": 3, "top_k": 4, "total_tokens": 10, "chain_above_batch": 64,
+TREE = {"depth": 2, "top_k": 4, "total_tokens": 11, "chain_above_batch": 64,
         "off_above_batch": 64}
 CASES = [("chain", 12), ("chain", 16), ("chain", 24), ("tree", 12), ("tree", 24)]
 

@@ -19,7 +19,7 @@ SOAKS = {
                     "--requests", "500"],
     # Trees at every batch size (no chain fallback), M-RoPE positions.
     "qwen-trees": ["--target", "tiny:qwen2_5_vl", "--method", "vispec-tree=tiny:qwen2_5_vl",
-                   "--tree", "3,4,10", "--requests", "200"],
+                   "--tree", "2,4,11", "--requests", "200"],
 }
 
 

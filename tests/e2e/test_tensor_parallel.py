@@ -12,7 +12,7 @@ from plain_vllm import plain_greedy
 from prompts import conversations
 from vllm_runs import greedy_chat, offline_llm, spec_counters, vispec_config
 
-TREE = {"depth": 3, "top_k": 4, "total_tokens": 10, "chain_above_batch": 64,
+TREE = {"depth": 2, "top_k": 4, "total_tokens": 11, "chain_above_batch": 64,
         "off_above_batch": 64}
 
 

@@ -8,7 +8,7 @@ import pytest
 from prompts import conversations
 from vllm_runs import greedy_chat, offline_llm, spec_counters, vispec_config
 
-TREE = {"depth": 3, "top_k": 4, "total_tokens": 10}
+TREE = {"depth": 2, "top_k": 4, "total_tokens": 11}
 
 
 def drafter_of(llm):

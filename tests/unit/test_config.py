@@ -48,7 +48,7 @@ def test_model_runner_v2_is_refused(monkeypatch):
 
 def test_trees_are_checked_and_cpu_only(monkeypatch):
     spec = {"method": "vispec", "model": "x", "num_speculative_tokens": 2}
-    validate_options({**spec, "tree": {"depth": 3, "top_k": 4, "total_tokens": 10}})
+    validate_options({**spec, "tree": {"depth": 2, "top_k": 4, "total_tokens": 11}})
     with pytest.raises(ValueError, match="unknown vispec \"tree\" option"):
         validate_options({**spec, "tree": {"width": 4}})
     from vllm.platforms import current_platform

@@ -21,14 +21,16 @@ def table_logprobs(prefix: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(VOCAB, generator=g).mul(2).log_softmax(-1)
 
 
-def grow(seeds, depth, top_k, total):
-    growth = TreeGrowth.start(torch.stack([table_logprobs((), s) for s in seeds]), top_k)
-    for _ in range(depth - 1):
+def grow(seeds, options: TreeOptions):
+    """Grows trees the way the proposer does, driven by the options alone."""
+    growth = TreeGrowth.start(torch.stack([table_logprobs((), s) for s in seeds]),
+                              options.top_k)
+    for _ in range(options.expansions):
         prefixes = [[path_of(growth, b, int(c)) for c in growth.frontier[b]]
                     for b in range(len(seeds))]
         growth.extend(torch.stack([torch.stack([table_logprobs(p, s) for p in row])
                                    for row, s in zip(prefixes, seeds)]))
-    return growth.select(total)
+    return growth.select(options.num_nodes)
 
 
 def path_of(growth, b, c):
@@ -39,9 +41,12 @@ def path_of(growth, b, c):
     return tuple(reversed(tokens))
 
 
-def brute_force(seed, depth, top_k, total):
-    """EAGLE-2 by enumeration: level by level keep the top_k best, expand each to its
-    top_k children; finally the `total` best of all candidates."""
+def upstream_tree(seed, depth, top_k, total_token):
+    """EAGLE-2's dynamic tree by enumeration, written from the rules of EAGLE-2's and
+    ViSpec's code: the root's top_k children form the first level; then ``depth`` times
+    the top_k best of the last level (cumulative log-probability) are expanded into their
+    top_k children; finally the ``total_token - 1`` best of all candidates are kept (the
+    verified tree is those plus the root: ``total_token`` tokens)."""
     def score(path):
         return sum(float(table_logprobs(path[:i], seed)[path[i]]) for i in range(len(path)))
 
@@ -49,11 +54,11 @@ def brute_force(seed, depth, top_k, total):
         return [path + (int(t),) for t in table_logprobs(path, seed).topk(top_k).indices]
     level = children(())
     candidates = list(level)
-    for _ in range(depth - 1):
+    for _ in range(depth):
         frontier = sorted(level, key=score, reverse=True)[:top_k]
         level = [c for p in frontier for c in children(p)]
         candidates += level
-    return set(sorted(candidates, key=score, reverse=True)[:total])
+    return set(sorted(candidates, key=score, reverse=True)[:total_token - 1])
 
 
 def paths(tree: DraftTree):
@@ -67,16 +72,34 @@ def paths(tree: DraftTree):
     return out
 
 
-@pytest.mark.parametrize("depth,top_k,total", [(3, 3, 8), (2, 4, 10), (4, 2, 7), (1, 5, 3)])
-def test_growth_matches_brute_force(depth, top_k, total):
+@pytest.mark.parametrize("depth,top_k,total", [(2, 3, 9), (1, 4, 11), (3, 2, 8), (1, 5, 4)])
+def test_growth_matches_the_upstream_enumeration(depth, top_k, total):
     seeds = [0, 1, 2]
-    trees = grow(seeds, depth, top_k, total)
+    trees = grow(seeds, TreeOptions.parse({"depth": depth, "top_k": top_k,
+                                           "total_tokens": total}))
     for tree, seed in zip(trees, seeds):
-        assert len(tree) == total
-        assert paths(tree) == brute_force(seed, depth, top_k, total)
-        assert max(tree.depths()) <= depth
+        assert len(tree) == total - 1
+        assert paths(tree) == upstream_tree(seed, depth, top_k, total)
+        assert max(tree.depths()) <= depth + 1
         # Breadth first, parents before children.
         assert tree.depths() == sorted(tree.depths())
+
+
+def test_the_papers_tree_has_four_levels_and_29_nodes():
+    # ViSpec's and EAGLE-2's setting: depth 3, top_k 8, total_token 30. VOCAB is too small
+    # for top_k 8, so the draft here has a wider vocabulary.
+    options = TreeOptions.parse({"depth": 3, "top_k": 8, "total_tokens": 30})
+    assert (options.expansions, options.num_nodes) == (3, 29)
+    global VOCAB
+    saved, VOCAB = VOCAB, 16
+    try:
+        (tree,) = grow([7], options)
+        want = upstream_tree(7, 3, 8, 30)
+    finally:
+        VOCAB = saved
+    assert len(tree) == 29 and paths(tree) == want
+    # Four levels can be drafted (a chain of very likely tokens reaches the last one).
+    assert max(len(p) for p in want) <= 4
 
 
 def test_draft_tree_checks_and_helpers():

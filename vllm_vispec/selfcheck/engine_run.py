@@ -21,7 +21,7 @@ from .engine_facts import plugin_state, worker_facts
 from .prompts import conversations
 
 # Trees for the batch too (the defaults draft chains above one running request).
-TREE = {"depth": 3, "top_k": 4, "total_tokens": 10, "chain_above_batch": 64,
+TREE = {"depth": 2, "top_k": 4, "total_tokens": 11, "chain_above_batch": 64,
         "off_above_batch": 64}
 SPEC_COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 

@@ -2,7 +2,7 @@
 
 Level 1 holds the ``top_k`` best first tokens. Each further level expands the ``top_k``
 candidates of the previous level with the best cumulative log-probability (the
-*frontier*), ``top_k`` children each. At the end the ``total_tokens`` best candidates of
+*frontier*), ``top_k`` children each. At the end the ``num_nodes`` best candidates of
 all levels are kept: a child never scores above its parent, so the kept set holds every
 kept node's ancestors. Kept nodes are returned in breadth-first order (parents first).
 """
@@ -95,15 +95,15 @@ class TreeGrowth:
         self.depths = torch.cat([self.depths, depth.flatten(1)], dim=1)
         self.frontier = self._best_of_last_level(scores.shape[1])
 
-    def select(self, total_tokens: int) -> list[DraftTree]:
-        """The ``total_tokens`` best candidates of each tree, breadth first."""
+    def select(self, num_nodes: int) -> list[DraftTree]:
+        """The ``num_nodes`` best candidates of each tree, breadth first."""
         out = []
         for b in range(self.tokens.shape[0]):
             scores, depths = self.scores[b].tolist(), self.depths[b].tolist()
             parents, tokens = self.parents[b].tolist(), self.tokens[b].tolist()
             # Best score first; on a tie the shallower node first, so ancestors precede.
             ranked = sorted(range(len(scores)), key=lambda c: (-scores[c], depths[c], c))
-            kept = sorted(ranked[:total_tokens], key=lambda c: (depths[c], c))
+            kept = sorted(ranked[:num_nodes], key=lambda c: (depths[c], c))
             index = {c: i for i, c in enumerate(kept)}
             out.append(DraftTree([tokens[c] for c in kept],
                                  [index[parents[c]] if parents[c] >= 0 else -1

@@ -1,11 +1,14 @@
 """The ``"tree"`` option of a vispec speculative config, and when to use the tree.
 
-``"tree": {"depth": 3, "top_k": 8, "total_tokens": 30}`` drafts an EAGLE-2 dynamic tree
-(``depth`` levels, ``top_k`` children per expanded node and ``top_k`` nodes expanded per
-level, the ``total_tokens`` best nodes kept); without it vispec drafts a chain of
-``num_speculative_tokens``. A tree costs the target ``total_tokens`` verified tokens per
-request, so under load it stops paying: above ``chain_above_batch`` running requests the
-step drafts a chain, above ``off_above_batch`` nothing.
+``"tree": {"depth": 3, "top_k": 8, "total_tokens": 30}`` drafts an EAGLE-2 dynamic tree in
+the convention of EAGLE-2 and ViSpec's code (the paper's setting): the draft's ``top_k``
+best tokens after the root, then ``depth`` expansions, each of the ``top_k`` best nodes of
+the last level into ``top_k`` children (``depth + 1`` levels); ``total_tokens`` counts the
+root (the last verified token), so the ``total_tokens - 1`` best nodes are kept and
+verified with it. Without ``"tree"`` vispec drafts a chain of ``num_speculative_tokens``.
+A tree costs the target ``total_tokens`` verified tokens per request, so under load it
+stops paying: above ``chain_above_batch`` running requests the step drafts a chain, above
+``off_above_batch`` nothing.
 """
 
 from __future__ import annotations
@@ -49,16 +52,26 @@ class TreeOptions:
         options.check()
         return options
 
+    @property
+    def expansions(self) -> int:
+        """Draft passes after the first one: one per level below level 1."""
+        return self.depth
+
+    @property
+    def num_nodes(self) -> int:
+        """Drafted tokens handed to the scheduler per request (the root aside)."""
+        return self.total_tokens - 1
+
     def check(self) -> None:
-        if self.total_tokens > MAX_TREE_ROWS - 1:
-            raise ValueError(f'vispec "tree": total_tokens is at most {MAX_TREE_ROWS - 1} '
-                             f"(got {self.total_tokens})")
-        if self.top_k * max(1, self.depth - 1) > MAX_TREE_ROWS:
-            raise ValueError(f'vispec "tree": top_k * (depth - 1) is at most '
-                             f"{MAX_TREE_ROWS} (got {self.top_k} * {self.depth - 1})")
-        if self.total_tokens < self.depth:
-            raise ValueError('vispec "tree": total_tokens must be at least depth '
-                             f"({self.total_tokens} < {self.depth})")
+        if self.total_tokens > MAX_TREE_ROWS:
+            raise ValueError(f'vispec "tree": total_tokens is at most {MAX_TREE_ROWS} '
+                             f"(the root included; got {self.total_tokens})")
+        if self.total_tokens < 2:
+            raise ValueError('vispec "tree": total_tokens counts the root and must be at '
+                             f"least 2 (got {self.total_tokens})")
+        if self.top_k * self.depth > MAX_TREE_ROWS:
+            raise ValueError(f'vispec "tree": top_k * depth is at most {MAX_TREE_ROWS} '
+                             f"(got {self.top_k} * {self.depth})")
         if self.chain_above_batch > self.off_above_batch:
             raise ValueError('vispec "tree": chain_above_batch must not exceed '
                              "off_above_batch")
