@@ -9,17 +9,20 @@ from prompts import conversations
 from vllm_runs import greedy_chat, offline_llm, spec_counters, vispec_config
 
 TREE = {"depth": 2, "top_k": 4, "total_tokens": 11}
+PAPER_TREE = {"depth": 3, "top_k": 8, "total_tokens": 30}  # 4 levels, 29 nodes + the root
 
 
 def drafter_of(llm):
     return llm.llm_engine.model_executor.driver_worker.worker.model_runner.drafter
 
 
-@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
-def test_trees_match_no_speculation(kind, baseline):
+@pytest.mark.parametrize("kind,shape", [("llava", TREE), ("qwen2_5_vl", TREE),
+                                        ("llava", PAPER_TREE)], ids=["llava", "qwen2_5_vl",
+                                                                     "llava-paper-tree"])
+def test_trees_match_no_speculation(kind, shape, baseline):
     expected = baseline(kind)
     convs = conversations()
-    tree = {**TREE, "chain_above_batch": 64, "off_above_batch": 64}  # trees for the batch too
+    tree = {**shape, "chain_above_batch": 64, "off_above_batch": 64}  # trees for the batch too
     with offline_llm(kind, vispec_config(kind, 2, tree=tree)) as llm:
         batched = greedy_chat(llm, convs)
         single = {}

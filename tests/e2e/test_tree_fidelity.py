@@ -22,10 +22,15 @@ from vllm_runs import greedy_params, offline_llm, vispec_config
 from vllm_vispec.proposer import VispecProposer
 from vllm_vispec.reference import ReferenceDraft
 from vllm_vispec.tree.dynamic_tree import TreeGrowth
+from vllm_vispec.tree.options import TreeOptions
 
 LOGIT_TOL = 1e-4  # fp32; same inputs, different summation order
-TREE = {"depth": 3, "top_k": 4, "total_tokens": 10,
-        "chain_above_batch": 64, "off_above_batch": 64}  # a tree for the whole batch
+WHOLE_BATCH = {"chain_above_batch": 64, "off_above_batch": 64}  # trees at every step
+TREES = {
+    "small": {"depth": 2, "top_k": 4, "total_tokens": 11, **WHOLE_BATCH},
+    # The paper's: 4 levels (the root's top 8, then 3 expansions), 29 nodes + the root.
+    "paper": {"depth": 3, "top_k": 8, "total_tokens": 30, **WHOLE_BATCH},
+}
 
 
 class TreeRecorder(DraftRecorder):
@@ -112,7 +117,7 @@ def path_of(candidate: int, tokens: list[int], parents: list[int]) -> tuple[int,
     return tuple(reversed(path))
 
 
-def check_tree(tree: dict, oracle: PathOracle, k: int, total_tokens: int, what) -> tuple:
+def check_tree(tree: dict, oracle: PathOracle, k: int, num_nodes: int, what) -> tuple:
     """Checks one request's tree step; returns (nodes checked, worst log-prob diff)."""
     tokens, parents, scores = tree["tokens"], tree["parents"], tree["scores"]
     worst, nodes = 0.0, 0
@@ -152,24 +157,26 @@ def check_tree(tree: dict, oracle: PathOracle, k: int, total_tokens: int, what) 
             check_node(f, draft_lps[j], range(first_child, first_child + k), f"level {level}")
         level_start, level_size = children_start, k * len(frontier)
     assert level_start + level_size == len(tokens), what
-    # The tree given to the target: the total_tokens best-scored candidates.
+    # The tree given to the target: the num_nodes best-scored candidates.
     kept = tree["kept"]
-    assert len(kept) == total_tokens, what
+    assert len(kept) == num_nodes, what
     by_path = {path_of(c, tokens, parents): c for c in range(len(tokens))}
     node_paths: list[tuple[int, ...]] = []
     for token, parent in zip(kept.tokens, kept.parents):
         node_paths.append((node_paths[parent] if parent >= 0 else ()) + (token,))
     assert all(p in by_path for p in node_paths), (*what, "a node that is no candidate")
     chosen = [by_path[p] for p in node_paths]
-    assert_best(chosen, scores, total_tokens, 0.0, (*what, "kept"))
+    assert_best(chosen, scores, num_nodes, 0.0, (*what, "kept"))
     return nodes, worst
 
 
-@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
-def test_tree_node_logits_match_the_reference(kind, monkeypatch):
+@pytest.mark.parametrize("kind,tree_name", [("llava", "small"), ("qwen2_5_vl", "small"),
+                                            ("llava", "paper")])
+def test_tree_node_logits_match_the_reference(kind, tree_name, monkeypatch):
+    tree_config = TREES[tree_name]
     rec = TreeRecorder(monkeypatch)
     convs = conversations()
-    with offline_llm(kind, vispec_config(kind, 2, tree=TREE)) as llm:
+    with offline_llm(kind, vispec_config(kind, 2, tree=tree_config)) as llm:
         outputs = llm.chat(list(convs.values()), greedy_params(), use_tqdm=False)
         runner = llm.llm_engine.model_executor.driver_worker.worker.model_runner
         modes = dict(runner.drafter.mode_counts)
@@ -179,7 +186,8 @@ def test_tree_node_logits_match_the_reference(kind, monkeypatch):
     assert modes["tree"] > 0 and modes["chain"] == modes["off"] == 0, modes
     dims, weights = draft_weights(kind)
     names = list(convs)
-    k, depth = TREE["top_k"], TREE["depth"]
+    options = TreeOptions.parse(tree_config)
+    k = options.top_k
 
     steps = {name: 0 for name in names}
     nodes, worst = 0, 0.0
@@ -195,7 +203,7 @@ def test_tree_node_logits_match_the_reference(kind, monkeypatch):
         if p + 2 > len(seq) or (p + 1) in image_positions:
             continue
         tree = prop["tree"]
-        assert len(tree["levels"]) == depth - 1
+        assert len(tree["levels"]) == options.expansions
         embeds, hidden = rec.reference_inputs(prop["req_id"], seq, p, image_positions, embed)
         ref = ReferenceDraft(weights, dims, lm_head, embed)
         out = ref.prefill(embeds, hidden, embed[seq[p + 1]],
@@ -207,7 +215,7 @@ def test_tree_node_logits_match_the_reference(kind, monkeypatch):
             diff = (tree["root"] - logits.log_softmax(-1)).abs().max().item()
             assert diff <= LOGIT_TOL * max(1.0, logits.abs().max().item()), (names[i], p)
             continue
-        n, w = check_tree(tree, PathOracle(ref, out), k, TREE["total_tokens"], (names[i], p))
+        n, w = check_tree(tree, PathOracle(ref, out), k, options.num_nodes, (names[i], p))
         nodes += n
         worst = max(worst, w)
         steps[names[i]] += 1
