@@ -97,6 +97,22 @@ def request_key(req_id: str, outputs) -> int:
     return i
 
 
+def checkable_proposals(proposals, outputs, kind: str):
+    """(proposal, request index, true sequence, image spans, image positions) of every
+    recorded draft step the reference can be held to: drafts of a chunk that ends inside an
+    image are discarded by vLLM, and the last step's drafts may run past the finished
+    request."""
+    for prop in proposals:
+        i = request_key(prop["req_id"], outputs)
+        seq = list(outputs[i].prompt_token_ids) + list(outputs[i].outputs[0].token_ids)
+        spans = image_spans(kind, seq)
+        image_positions = {t for s in spans for t in range(s.start, s.end)}
+        p = prop["position"]
+        if p + 2 > len(seq) or (p + 1) in image_positions:
+            continue
+        yield prop, i, seq, spans, image_positions
+
+
 CHUNKED = dict(max_num_batched_tokens=12, max_num_seqs=4)
 SCHEDULES = {  # name: (engine arguments, extra speculative-config keys)
     "whole-prefill": ({}, {}),
@@ -128,16 +144,9 @@ def test_draft_tokens_and_logits_match_the_reference(kind, schedule, monkeypatch
 
     checked = {name: 0 for name in names}
     worst = 0.0
-    for prop in rec.proposals:
-        i = request_key(prop["req_id"], outputs)
-        seq = list(outputs[i].prompt_token_ids) + list(outputs[i].outputs[0].token_ids)
-        spans = image_spans(kind, seq)
-        image_positions = {t for s in spans for t in range(s.start, s.end)}
+    for prop, i, seq, spans, image_positions in checkable_proposals(rec.proposals, outputs,
+                                                                     kind):
         p = prop["position"]
-        # Drafts of a chunk that ends inside an image are discarded by vLLM; the last
-        # step's drafts may run past the finished request.
-        if p + 2 > len(seq) or (p + 1) in image_positions:
-            continue
         embeds, hidden = rec.reference_inputs(prop["req_id"], seq, p, image_positions, embed)
         ref = ReferenceDraft(weights, dims, lm_head, embed)
         tokens, logits = ref.propose(embeds, hidden, seq[p + 1],

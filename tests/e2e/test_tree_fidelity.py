@@ -14,9 +14,8 @@ import dataclasses
 
 import pytest
 import torch
-from hf_target import image_spans
 from prompts import conversations
-from test_draft_fidelity import DraftRecorder, draft_weights, request_key
+from test_draft_fidelity import DraftRecorder, checkable_proposals, draft_weights
 from vllm_runs import greedy_params, offline_llm, vispec_config
 
 from vllm_vispec.proposer import VispecProposer
@@ -191,17 +190,10 @@ def test_tree_node_logits_match_the_reference(kind, tree_name, monkeypatch):
 
     steps = {name: 0 for name in names}
     nodes, worst = 0, 0.0
-    for prop in rec.proposals:
-        i = request_key(prop["req_id"], outputs)
+    for prop, i, seq, spans, image_positions in checkable_proposals(rec.proposals, outputs,
+                                                                     kind):
+        p = prop["position"]  # the tree's root is token p + 1
         prompt_len = len(outputs[i].prompt_token_ids)
-        seq = list(outputs[i].prompt_token_ids) + list(outputs[i].outputs[0].token_ids)
-        spans = image_spans(kind, seq)
-        image_positions = {t for s in spans for t in range(s.start, s.end)}
-        p = prop["position"]
-        # The root is token p + 1: the last step's trees may run past the finished request;
-        # drafts of a chunk that ends inside an image are discarded by vLLM.
-        if p + 2 > len(seq) or (p + 1) in image_positions:
-            continue
         tree = prop["tree"]
         assert len(tree["levels"]) == options.expansions
         embeds, hidden = rec.reference_inputs(prop["req_id"], seq, p, image_positions, embed)

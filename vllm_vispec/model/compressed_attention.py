@@ -78,7 +78,7 @@ def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tens
     slots = torch.where(real, slots, 0)
     blocks, offsets = slots // block_size, slots % block_size
     for cache, new in ((key_cache, key), (value_cache, value)):
-        kept = cache[0, 0].unsqueeze(0)  # a copy, read before the write
+        kept = cache[0, 0].unsqueeze(0)  # a view: torch.where below reads it before the write
         rows_in = torch.where(real[:, None, None], new[source].to(cache.dtype), kept)
         cache[blocks, offsets] = rows_in
 
