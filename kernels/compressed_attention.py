@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ._paged import kept_positions, masked_attention
-from ._triton import triton, tl, triton_usable
+from ._triton import triton, tl
 
 
 def compressed_paged_attention_ref(query, key_cache, value_cache, block_table, token_req,
@@ -110,10 +110,3 @@ def compressed_paged_attention_triton(query, key_cache, value_cache, block_table
         HEAD_DIM=head_dim, BLOCK_N=block_n,
     )
     return out
-
-
-def kernel_supports(query: torch.Tensor, key_cache: torch.Tensor) -> bool:
-    """Whether the Triton kernel can serve these tensors here (else use the reference)."""
-    head_dim = query.shape[-1]
-    return (triton_usable(query) and head_dim & (head_dim - 1) == 0 and head_dim >= 16
-            and key_cache.stride(-1) == 1 and query.stride(-1) == 1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ._paged import kept_positions, masked_attention
-from ._triton import tl, triton, triton_usable
+from ._triton import tl, triton
 
 MAX_TREE_ROWS = 63
 
@@ -142,20 +142,3 @@ def tree_paged_attention_triton(query, key_cache, value_cache, block_table, toke
         BLOCK_N=block_n, TREE_BLOCK=64,
     )
     return out
-
-
-def tree_kernel_supports(query: torch.Tensor, key_cache: torch.Tensor,
-                         tree_key: torch.Tensor) -> bool:
-    head_dim = query.shape[-1]
-    return (triton_usable(query) and head_dim & (head_dim - 1) == 0 and head_dim >= 16
-            and key_cache.stride(-1) == 1 and query.stride(-1) == 1
-            and tree_key.stride(-1) == 1)
-
-
-def tree_paged_attention(*args, scale: float) -> torch.Tensor:
-    """The dispatch point: the Triton kernel where it can run (CUDA, or the interpreter),
-    the PyTorch reference elsewhere."""
-    query, key_cache, tree_key = args[0], args[1], args[8]
-    if tree_kernel_supports(query, key_cache, tree_key) and query.is_cuda:
-        return tree_paged_attention_triton(*args, scale=scale)
-    return tree_paged_attention_ref(*args, scale=scale)

@@ -101,8 +101,7 @@ def _triton_installed() -> bool:
 
 
 def _layout_problems(**tensors: torch.Tensor) -> list[str]:
-    """What the paged-attention kernels cannot take (as kernels' ``kernel_supports``):
-    they load ``head_dim`` elements contiguously with one ``tl.arange``."""
+    """What the paged-attention kernels cannot take: they load ``head_dim`` elements contiguously with one ``tl.arange``."""
     problems = []
     head_dim = tensors["query"].shape[-1]
     if head_dim & (head_dim - 1) or head_dim < 16:
