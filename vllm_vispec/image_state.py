@@ -5,17 +5,15 @@ token (EAGLE's one-slot shift), so an image whose placeholder tokens are
 ``[offset, offset + length)`` covers slots ``[offset - 1, offset + length - 2]``. Its last
 ``num_q - 1`` slots hold the compressed tokens; the others are dropped from the draft's
 sequence. The image's summary (compressed rows and global vector) is computed once, when
-the chunk holding its compressed slot is drafted, and kept per request; it is also kept by
-the image's content hash, so a request whose image prefix came from the prefix cache (or
-that resumes after preemption) finds it without re-encoding.
+the chunk holding its compressed slot is drafted, into a row of the draft's image tables
+(model/image_tables.py); :class:`ImageStateStore` keeps which row, per request and by
+the image's content hash.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-
-import torch
 
 
 @dataclass(frozen=True)
@@ -28,12 +26,6 @@ class ImageSlots:
     @property
     def dropped(self) -> range:
         return range(self.first, self.kept[0] if self.kept else self.last + 1)
-
-
-@dataclass
-class ImageSummary:
-    compressed: torch.Tensor  # [num_q - 1, H]
-    global_vector: torch.Tensor  # [H]
 
 
 def image_slots(mm_features, num_q: int) -> list[ImageSlots]:
@@ -67,27 +59,51 @@ def kept_intervals(images: list[ImageSlots], seq_len: int) -> list[tuple[int, in
 
 
 class ImageStateStore:
-    """Summaries per (request, image) and per image content, bounded by LRU."""
+    """Which row of the draft's image tables (model/image_tables.py) holds each image's
+    summary: per request, and by image content (least recently used first) so that a
+    request whose image came from the prefix cache, or that resumes after preemption,
+    finds it without re-encoding. A row a live request uses is never given to another
+    image; row 0 means "no summary"."""
 
-    def __init__(self, max_images_by_content: int = 1024) -> None:
-        self.per_request: dict[str, dict[str, ImageSummary]] = {}
-        self.by_content: OrderedDict[str, ImageSummary] = OrderedDict()
-        self.max_images_by_content = max_images_by_content
+    def __init__(self, capacity: int = 1024) -> None:
+        self.per_request: dict[str, dict[str, int]] = {}
+        self.by_content: OrderedDict[str, int] = OrderedDict()
+        self._free = list(range(capacity, 0, -1))
+        self.version = 0  # changes whenever a row is given or taken back
 
-    def put(self, req_id: str, identifier: str, summary: ImageSummary) -> None:
-        self.per_request.setdefault(req_id, {})[identifier] = summary
-        self.by_content[identifier] = summary
-        self.by_content.move_to_end(identifier)
-        while len(self.by_content) > self.max_images_by_content:
-            self.by_content.popitem(last=False)
+    def row(self, req_id: str, identifier: str) -> int:
+        rows = self.per_request.get(req_id, {})
+        row = rows.get(identifier, 0)
+        if row == 0 and (row := self.by_content.get(identifier, 0)):
+            self.per_request.setdefault(req_id, {})[identifier] = row
+            self.by_content.move_to_end(identifier)
+            self.version += 1
+        return row
 
-    def get(self, req_id: str, identifier: str) -> ImageSummary | None:
-        summary = self.per_request.get(req_id, {}).get(identifier)
-        if summary is None and (summary := self.by_content.get(identifier)) is not None:
-            self.per_request.setdefault(req_id, {})[identifier] = summary
-        return summary
+    def allocate(self, req_id: str, identifier: str) -> int:
+        """A row for a new summary of ``identifier``, or 0 when every row is in use by a
+        live request."""
+        if not self._free and not self._evict():
+            return 0
+        row = self._free.pop()
+        self.per_request.setdefault(req_id, {})[identifier] = row
+        self.by_content[identifier] = row
+        self.version += 1
+        return row
+
+    def _evict(self) -> bool:
+        in_use = {row for rows in self.per_request.values() for row in rows.values()}
+        for identifier, row in self.by_content.items():
+            if row not in in_use:
+                del self.by_content[identifier]
+                self._free.append(row)
+                return True
+        return False
 
     def retain(self, live_req_ids) -> None:
-        """Frees the state of requests that have ended."""
-        for req_id in [r for r in self.per_request if r not in live_req_ids]:
+        """Forgets the requests that have ended (their rows stay, by content)."""
+        ended = [r for r in self.per_request if r not in live_req_ids]
+        for req_id in ended:
             del self.per_request[req_id]
+        if ended:
+            self.version += 1

@@ -6,13 +6,15 @@ The setting ``VLLM_VISPEC_KERNELS`` (read at every call, in whichever process ru
 model, so it reaches vLLM's worker processes like any environment variable):
 
 - ``auto`` (default): the kernel on CUDA when Triton is installed and the kernel takes the
-  tensors' shapes and strides; the PyTorch reference otherwise (always on CPU).
+  tensors' shapes and strides; PyTorch otherwise (always on CPU): for the draft's attention
+  its one-gather batched path, for the rest the references.
 - ``triton``: the kernels everywhere. On CUDA the compiled kernels; on CPU the same kernels
   in Triton's interpreter, so that the code that runs on GPUs runs inside vLLM end to end
   (slow: for tests). Never falls back: a call the kernel cannot take (no Triton, a head
   size that is not a power of two >= 16, a cache whose head dimension is not contiguous,
   another device) raises :class:`KernelUnavailable`.
-- ``reference``: the PyTorch references everywhere (e.g. to compare on a GPU).
+- ``reference``: the PyTorch references everywhere (e.g. to compare on a GPU; the
+  draft's attention then runs its per-request reference, not the batched path).
 
 How the interpreter is confined to our kernels. Triton chooses interpreter or compiler
 per function, when ``@triton.jit`` runs (``triton.runtime.jit.jit`` reads
@@ -219,16 +221,23 @@ def _load_interpreted_kernels() -> dict[str, ModuleType]:
 
 def compressed_paged_attention(query, key_cache, value_cache, block_table, token_req,
                                query_positions, kept_starts, kept_ends, cu_kept,
-                               scale: float) -> torch.Tensor:
-    """The draft's attention over its compressed layout (kernels/compressed_attention.py)."""
+                               scale: float, padded=None) -> torch.Tensor:
+    """The draft's attention over its compressed layout (kernels/compressed_attention.py).
+    ``padded`` (kept blocks, offsets and positions per request, query rows, longest
+    query) enables the one-gather PyTorch path, which ``auto`` takes off CUDA."""
     args = (query, key_cache, value_cache, block_table, token_req, query_positions,
             kept_starts, kept_ends, cu_kept, scale)
     module = _kernels("compressed_attention", query,
                       _layout_problems(query=query, key_cache=key_cache,
                                        value_cache=value_cache))
     if module is None:
-        from .kernels.compressed_attention import compressed_paged_attention_ref
-        return compressed_paged_attention_ref(*args)
+        from .kernels import compressed_attention as torch_paths
+        if padded is not None and mode() == "auto":
+            blocks, offsets, positions, query_rows, max_query_len = padded
+            return torch_paths.compressed_paged_attention_padded(
+                query, key_cache, value_cache, blocks, offsets, positions, query_rows,
+                query_positions, max_query_len, scale)
+        return torch_paths.compressed_paged_attention_ref(*args)
     launches["compressed_attention"] += 1
     return _launch(module, "compressed_paged_attention_triton", *args)
 

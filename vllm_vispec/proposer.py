@@ -1,30 +1,39 @@
 """The ViSpec proposer: vLLM's EAGLE proposer plus ViSpec's per-request image state.
 
 vLLM's EAGLE proposer runs the draft (a first pass over the target's new tokens, then one
-pass per further draft token). This subclass adds, for every pass, what ViSpec's draft
-needs and vLLM does not give:
+pass per further draft token). This subclass adds what ViSpec's draft needs and vLLM does
+not give, in two halves:
 
-- 1-D token positions (ViSpec drafts use them even for M-RoPE targets such as Qwen2.5-VL);
-- each image's summary, computed from the target's encoder output when the chunk holding
-  its compressed slot is drafted, and the compressed tokens placed in that slot;
-- the global vector of the latest earlier image for every slot (zero before any image);
-- attention metadata that reads only the kept slots of each request;
-- with ``"tree"`` in the config, EAGLE-2 dynamic trees (tree/), or a chain or nothing
-  under load.
+- once per step, on the host, from what the runner keeps there: each request's image
+  slots, the summaries of images first drafted in this step (the adaptor over the
+  target's encoder output, into the draft's image tables), and the batch's image arrays
+  (draft_plan.py), sent to the device in one copy;
+- per pass, on the device only (draft_metadata.py): 1-D token positions (ViSpec drafts use
+  them even for M-RoPE targets), each token's global-vector and compressed-token rows, and
+  attention metadata that reads only the kept slots of each request. Nothing is read back,
+  so a pass never waits for the device.
+
+With ``"tree"`` in the config, EAGLE-2 dynamic trees (tree/), or a chain or nothing under
+load.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from vllm.logger import init_logger
 from vllm.v1.spec_decode.eagle import EagleProposer
 
-from .image_state import ImageSlots, ImageStateStore, ImageSummary, image_slots, kept_intervals
-from .model.compressed_attention import CompressedAttentionMetadata, TreeRows
+from .draft_metadata import (PlanUpload, StepImages, first_pass_positions, query_rows,
+                             step_images, token_requests)
+from .draft_plan import images_in_use, images_to_summarize, kept_counts, plan_images
+from .image_state import ImageSlots, ImageStateStore, image_slots
+from .model.compressed_attention import CompressedAttentionMetadata
 from .model.hf_config import drafting_from_hf_config
-from .model.step_inputs import DraftStepInputs
-from .tree.dynamic_tree import DraftTree, TreeGrowth
+from .tree.dynamic_tree import DraftTree
+from .tree.growth import grow_trees
 from .tree.options import TreeOptions
+from .tree.target_kv import TargetKVCaches
 from .tree.target_step import TreeStep, plain_sampling
 
 logger = init_logger(__name__)
@@ -35,11 +44,6 @@ class VispecProposer(EagleProposer):
     def __init__(self, vllm_config, device, runner=None):
         super().__init__(vllm_config, device, runner)
         self.vispec_runner = runner
-        self.image_store = ImageStateStore()
-        self._batch: list[tuple[str, list[ImageSlots]]] = []
-        self._attention: CompressedAttentionMetadata | None = None
-        self._missing_warned = False
-        self._kept_token_indices: torch.Tensor | None = None
         drafting = drafting_from_hf_config(
             vllm_config.speculative_config.draft_model_config.hf_config)
         self.chain_tokens: int = drafting.get("chain_tokens") or self.num_speculative_tokens
@@ -53,25 +57,38 @@ class VispecProposer(EagleProposer):
                 "steps draft fewer tokens than the scheduler reserves): start vLLM with "
                 "--no-async-scheduling (LLM(..., async_scheduling=False)), or drop \"tree\" "
                 "to draft chains, which do run with async scheduling.")
+        self.image_store: ImageStateStore | None = None  # once the draft is loaded
+        self._request_images: dict[str, tuple[int, list[ImageSlots]]] = {}
+        self._plan_key = None
+        self._plan = None
+        self._upload = PlanUpload(device)
+        self._step: StepImages | None = None
+        self._step_tokens = 0  # tokens of this step's first pass
+        self._step_token_req: torch.Tensor | None = None
+        self._step_query_rows: torch.Tensor | None = None
+        self._step_max_query_len = 1
+        self._missing_warned = False
+        self._kept_token_indices: torch.Tensor | None = None
         self.trees: dict[str, DraftTree] = {}  # the tree each request was last given
         self.accepted_step: TreeStep | None = None  # set by the tree sampler patch
         self._first_hidden: torch.Tensor | None = None
         self.mode_counts = {"tree": 0, "chain": 0, "off": 0}  # drafting steps by mode
-        self._target_kv_group: int | None = None
-        self._target_kv_caches: list[tuple[torch.Tensor, str]] | None = None
+        self._target_kv: TargetKVCaches | None = None
+        from vllm.v1.utils import CpuGpuBuffer
+        self._chunk_next_tokens = CpuGpuBuffer(vllm_config.scheduler_config.max_num_seqs,
+                                               dtype=torch.int32, device=device)
+
+    @property
+    def draft_layer_names(self):
+        return self._draft_attn_layer_names
 
     # ---- per propose() call ---------------------------------------------------------------
     def propose(self, num_speculative_tokens, target_token_ids, target_positions,
                 target_hidden_states, next_token_ids, token_indices_to_sample,
                 common_attn_metadata, sampling_metadata, mm_embed_inputs=None,
                 num_rejected_tokens_gpu=None, slot_mappings=None):
-        runner = self.vispec_runner
-        num_q = self._draft().dims.num_q
-        self.image_store.retain(runner.requests)
-        req_ids = runner.input_batch.req_ids[:common_attn_metadata.num_reqs]
-        self._batch = [(req_id, image_slots(runner.requests[req_id].mm_features, num_q))
-                       for req_id in req_ids]
-        self.trees = {r: t for r, t in self.trees.items() if r in runner.requests}
+        cad = common_attn_metadata
+        req_ids = self.vispec_runner.input_batch.req_ids[:cad.num_reqs]
         step, self.accepted_step = self.accepted_step, None
         if step is not None:
             # Lay each accepted tree path right after its root, as for a chain.
@@ -84,13 +101,19 @@ class VispecProposer(EagleProposer):
         mode = self._drafting_mode(req_ids)
         self.mode_counts[mode] += 1
         if mode != "tree":
-            for req_id in req_ids:
-                self.trees.pop(req_id, None)
+            if self.trees:
+                self.trees.clear()
             num_speculative_tokens = (0 if mode == "off"
                                       else min(self.chain_tokens, num_speculative_tokens))
-        # 1-D token positions for the draft (the target's may be M-RoPE).
-        target_positions = self._token_positions(common_attn_metadata,
-                                                 target_token_ids.shape[0])
+        else:
+            self.trees = {r: t for r, t in self.trees.items()
+                          if r in self.vispec_runner.requests}
+        num_tokens = target_token_ids.shape[0]
+        self._plan_step(cad, req_ids, num_tokens,
+                        self.tree_options.expansions + 1 if mode == "tree"
+                        else max(num_speculative_tokens, 1))
+        target_positions = first_pass_positions(cad.seq_lens, cad.query_start_loc,
+                                                self._step_token_req, cad.num_reqs)
         kept, self._kept_token_indices = self._kept_token_indices, None
         if mm_embed_inputs is not None and kept is not None:
             # Without the padded drafter batch, vLLM drops rejected tokens from the draft's
@@ -102,16 +125,20 @@ class VispecProposer(EagleProposer):
             return super().propose(
                 num_speculative_tokens, target_token_ids, target_positions,
                 target_hidden_states, next_token_ids, token_indices_to_sample,
-                common_attn_metadata, sampling_metadata, mm_embed_inputs,
-                num_rejected_tokens_gpu, slot_mappings)
+                cad, sampling_metadata, mm_embed_inputs, num_rejected_tokens_gpu,
+                slot_mappings)
         # The first pass (vLLM's, one draft token) leaves the draft's feature at each
         # request's last token in _first_hidden; the tree grows from there.
         self._first_hidden = None
         super().propose(1, target_token_ids, target_positions, target_hidden_states,
-                        next_token_ids, token_indices_to_sample, common_attn_metadata,
-                        sampling_metadata, mm_embed_inputs, num_rejected_tokens_gpu,
-                        slot_mappings)
-        trees = self._grow_trees(common_attn_metadata, token_indices_to_sample)
+                        next_token_ids, token_indices_to_sample, cad, sampling_metadata,
+                        mm_embed_inputs, num_rejected_tokens_gpu, slot_mappings)
+        first = self._first_hidden
+        sample_at = (token_indices_to_sample if token_indices_to_sample is not None
+                     else cad.query_start_loc[1:] - 1)
+        trees = grow_trees(self, self.tree_options, first, self._step,
+                           self.positions[sample_at[:first.shape[0]]].long(),
+                           cad.block_table_tensor)
         for req_id, tree in zip(req_ids, trees):
             self.trees[req_id] = tree
         return torch.tensor([t.tokens for t in trees], dtype=torch.int64,
@@ -120,6 +147,162 @@ class VispecProposer(EagleProposer):
     def _sample_draft_tokens(self, hidden_states, sampling_metadata):
         self._first_hidden = hidden_states
         return super()._sample_draft_tokens(hidden_states, sampling_metadata)
+
+    # ---- the host half: once per step --------------------------------------------------------
+    def _plan_step(self, cad, req_ids, num_tokens: int, passes: int) -> None:
+        """Image slots, new image summaries and the batch's image arrays for this step,
+        from host state only; ``passes`` bounds how far past each sequence its queries go."""
+        runner, draft = self.vispec_runner, self._draft()
+        num_reqs = cad.num_reqs
+        store = self._store()
+        if any(r not in runner.requests for r in store.per_request):
+            store.retain(runner.requests)
+        if len(self._request_images) > len(runner.requests):
+            for req_id in [r for r in self._request_images if r not in runner.requests]:
+                del self._request_images[req_id]
+        qsl = cad.query_start_loc_cpu.numpy()[:num_reqs + 1]
+        seq_lens = self._host_seq_lens(cad, num_reqs)
+        images = [self._images_of(req_id) for req_id in req_ids]
+        for r, req_images in enumerate(images):
+            if req_images:
+                self._summarize(req_ids[r], req_images,
+                                int(seq_lens[r] - (qsl[r + 1] - qsl[r])), int(seq_lens[r]))
+        key = (tuple(req_ids), store.version, tuple(map(id, images)))
+        if key != self._plan_key:
+            rows = [[store.row(req_id, image.identifier) for image in req_images]
+                    for req_id, req_images in zip(req_ids, images)]
+            self._warn_if_missing(req_ids, images, rows, seq_lens)
+            self._plan = plan_images(images, rows, draft.image_inputs.num_compressed,
+                                     far=self.max_model_len)
+            self._plan_key = (tuple(req_ids), store.version, tuple(map(id, images)))
+        bounds = np.minimum(seq_lens + passes, self.max_model_len)
+        kept_len = max(int(kept_counts(self._plan, bounds).max(initial=0)), 1)
+        self._step = step_images(self._plan, bounds, kept_len, cad.block_table_tensor,
+                                 self.block_size, self.max_model_len, self._upload)
+        self._step_tokens = num_tokens
+        self._step_max_query_len = max(int((qsl[1:] - qsl[:-1]).max(initial=1)), 1)
+        self._step_token_req = token_requests(cad.query_start_loc, num_reqs, num_tokens)
+        self._step_query_rows = query_rows(cad.query_start_loc, self._step_token_req,
+                                           num_reqs, self._step_max_query_len)
+
+    def _host_seq_lens(self, cad, num_reqs: int) -> np.ndarray:
+        """Each sequence's length after this step, from the host: exact for prompt
+        chunks, an upper bound under async scheduling (all drafts accepted)."""
+        bound = cad.seq_lens_cpu_upper_bound
+        if bound is None:
+            bound = self.vispec_runner.optimistic_seq_lens_cpu
+        return bound[:num_reqs].numpy().astype(np.int64)
+
+    def _images_of(self, req_id: str) -> list[ImageSlots]:
+        """The request's image slots, recomputed only when its images change."""
+        features = self.vispec_runner.requests[req_id].mm_features
+        cached = self._request_images.get(req_id)
+        if cached is None or cached[0] != len(features):
+            cached = (len(features), image_slots(features, self._draft().dims.num_q))
+            self._request_images[req_id] = cached
+        return cached[1]
+
+    def _summarize(self, req_id: str, images: list[ImageSlots], query_start: int,
+                   query_end: int) -> None:
+        """Runs the adaptor on every image whose compressed slot is in this pass."""
+        store, draft = self._store(), self._draft()
+        for i in images_to_summarize(images, query_start, query_end):
+            image = images[i]
+            if store.row(req_id, image.identifier):
+                continue
+            embeds = self.vispec_runner._get_encoder_output_from_cache(image.identifier)
+            if embeds is None:
+                continue
+            row = store.allocate(req_id, image.identifier)
+            if row:
+                draft.image_inputs.store(row, draft.imadpt(embeds.to(draft.fc.weight.dtype)))
+
+    def _warn_if_missing(self, req_ids, images, rows, seq_lens) -> None:
+        if self._missing_warned:
+            return
+        for r, (req_images, req_rows) in enumerate(zip(images, rows)):
+            if any(req_rows[i] == 0 for i in images_in_use(req_images, int(seq_lens[r]))):
+                self._missing_warned = True
+                logger.warning("vispec: no image summary for an image of request %s (its "
+                               "encoder output was not available); drafting without it. "
+                               "Output stays lossless; acceptance may drop.", req_ids[r])
+                return
+
+    def _store(self) -> ImageStateStore:
+        if self.image_store is None:
+            self.image_store = ImageStateStore(self._draft().image_inputs.capacity)
+        return self.image_store
+
+    # ---- the device half: per pass -------------------------------------------------------
+    def build_per_group_and_layer_attn_metadata(self, common_attn_metadata, draft_index=0):
+        """The draft's own attention metadata (vLLM's draft-layer metadata is never
+        read: the draft does its own attention), and its image rows for this pass."""
+        cad, step, inputs = common_attn_metadata, self._step, self._draft().image_inputs
+        if draft_index == 0:
+            n = self._step_tokens
+            token_req, rows = self._step_token_req, self._step_query_rows
+            max_query_len = self._step_max_query_len
+        else:  # one new token per request, all text
+            n = cad.num_reqs
+            token_req = self.arange[:n].long()
+            rows, max_query_len = token_req, 1
+        positions = self.positions[:n]
+        inputs.global_rows[:n] = step.global_rows(token_req, positions)
+        if draft_index == 0:
+            inputs.replace_rows[:n] = step.replace_rows(token_req, positions)
+        else:
+            inputs.replace_rows[:n] = 0
+        meta = CompressedAttentionMetadata(
+            query_positions=positions.long(), token_req=token_req.to(torch.int32),
+            slot_mapping=cad.slot_mapping[:n], block_table=cad.block_table_tensor,
+            kept_starts=step.kept_starts, kept_ends=step.kept_ends, cu_kept=step.cu_kept,
+            kept_blocks=step.kept_blocks, kept_offsets=step.kept_offsets,
+            kept_pos=step.kept_pos, query_rows=rows, max_query_len=max_query_len)
+        return [], {name: meta for name in self._draft_attn_layer_names}
+
+    def _set_positions(self, num_tokens: int, positions: torch.Tensor):
+        # propose() already made them 1-D token positions.
+        self.positions[:num_tokens] = positions
+
+    # ---- vLLM hooks around the draft -----------------------------------------------------
+    def prepare_inputs(self, common_attn_metadata, sampled_token_ids, num_draft_tokens):
+        cad, token_indices = super().prepare_inputs(common_attn_metadata, sampled_token_ids,
+                                                    num_draft_tokens)
+        self._kept_token_indices = token_indices
+        return cad, token_indices
+
+    def prepare_next_token_ids_padded(self, sampled_token_ids, requests, gpu_input_batch,
+                                      discard_request_mask):
+        next_token_ids, valid_count = super().prepare_next_token_ids_padded(
+            sampled_token_ids, requests, gpu_input_batch, discard_request_mask)
+        # For a prompt chunk whose sample is discarded, vLLM pairs the chunk's last slot
+        # with the prompt's *last* token; the draft's KV at that slot is kept, so pair it
+        # with the token that really follows the chunk (what ViSpec's draft sees). Host
+        # mirrors only: the runner's discard mask and (exact for prompt chunks) lengths.
+        runner = self.vispec_runner
+        num_reqs = gpu_input_batch.num_reqs
+        discard = runner.discard_request_mask.np[:num_reqs]
+        if not discard.any():
+            return next_token_ids, valid_count
+        seq_lens = runner.optimistic_seq_lens_cpu[:num_reqs].numpy()
+        chunk_next = self._chunk_next_tokens
+        chunk = np.zeros(num_reqs, dtype=bool)
+        for i in np.flatnonzero(discard):
+            req = requests[gpu_input_batch.req_ids[i]]
+            if seq_lens[i] < req.num_prompt_tokens:
+                chunk_next.np[i] = req.get_token_id(int(seq_lens[i]))
+                chunk[i] = True
+        if chunk.any():
+            chunk_next.np[:num_reqs][~chunk] = -1
+            fixed = chunk_next.copy_to_gpu(num_reqs).to(next_token_ids.dtype)
+            next_token_ids = torch.where(fixed >= 0, fixed, next_token_ids)
+        return next_token_ids, valid_count
+
+    def initialize_cudagraph_keys(self, cudagraph_mode) -> None:
+        # The draft's attention is not a vLLM attention op yet, so vLLM's piecewise
+        # splitting cannot cut the graph around it: run the draft eagerly.
+        from vllm.config import CUDAGraphMode
+        super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
 
     # ---- trees ---------------------------------------------------------------------------
     def _drafting_mode(self, req_ids) -> str:
@@ -133,271 +316,23 @@ class VispecProposer(EagleProposer):
             return "chain"  # tree verification implements plain sampling only
         return mode
 
+    def _target_kv_caches(self) -> TargetKVCaches:
+        if self._target_kv is None:
+            self._target_kv = TargetKVCaches(self._draft_attn_layer_names)
+        return self._target_kv
+
     def target_kv_group(self, runner) -> int:
-        """The KV cache group of the target's layers (fixed once the caches exist)."""
-        if self._target_kv_group is None:
-            self._target_kv_group = next(
-                (gid for gid, group in enumerate(runner.kv_cache_config.kv_cache_groups)
-                 if any(name not in self._draft_attn_layer_names
-                        for name in group.layer_names)), None)
-            if self._target_kv_group is None:
-                raise RuntimeError("vispec: no KV cache group holds the target's layers")
-        return self._target_kv_group
+        return self._target_kv_caches().group(runner)
 
     def target_kv_caches(self, runner) -> list[tuple[torch.Tensor, str]]:
-        """(cache, CPU attention ISA) of every target attention layer, each cache once
-        (fixed once the caches exist)."""
-        if self._target_kv_caches is None:
-            self._target_kv_caches = self._find_target_kv_caches(runner)
-        return self._target_kv_caches
-
-    def _find_target_kv_caches(self, runner) -> list[tuple[torch.Tensor, str]]:
-        out, seen = [], set()
-        context = runner.compilation_config.static_forward_context
-        for group in runner.kv_cache_config.kv_cache_groups:
-            for name in group.layer_names:
-                layer = context.get(name)
-                if name in self._draft_attn_layer_names or layer is None:
-                    continue
-                kv = layer.kv_cache
-                if isinstance(kv, torch.Tensor) and kv.data_ptr() not in seen:
-                    seen.add(kv.data_ptr())
-                    out.append((kv, layer.isa))
-        return out
-
-    @torch.inference_mode()
-    def _grow_trees(self, cad, token_indices_to_sample) -> list[DraftTree]:
-        """EAGLE-2 expansion: ``depth`` draft passes over each level's ``top_k`` best
-        nodes; each node attends to its request's context and its own path."""
-        options, draft = self.tree_options, self._draft()
-        k, dims = options.top_k, draft.dims
-        first = self._first_hidden
-        batch = first.shape[0]
-        growth = TreeGrowth.start(self.model.compute_logits(first).log_softmax(-1), k)
-        last_pos = self.positions[token_indices_to_sample[:batch]].long()
-        device = first.device
-        intervals = [kept_intervals(images, int(last_pos[r]) + 1)
-                     for r, (_, images) in enumerate(self._batch)]
-        flat = [iv for req in intervals for iv in req]
-        cu_kept = [0]
-        for req in intervals:
-            cu_kept.append(cu_kept[-1] + len(req))
-        rows_per_req = k * options.expansions
-        kv_heads = draft.layers[0].self_attn.num_kv_heads  # this tensor-parallel rank's
-        tree_key = torch.zeros(batch * rows_per_req, kv_heads, dims.head_dim,
-                               dtype=first.dtype, device=device)
-        tree_value = torch.zeros_like(tree_key)
-        row_of = torch.full((batch, growth.tokens.shape[1] + options.expansions * k * k), -1,
-                            dtype=torch.long)
-        row_bits = torch.zeros(batch, rows_per_req, dtype=torch.int64)
-        row_features = first.new_zeros(batch, rows_per_req, first.shape[-1])
-        arange_b = torch.arange(batch)
-
-        def int32(values) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int32, device=device)
-        for level in range(1, options.expansions + 1):
-            frontier = growth.frontier  # [batch, k] candidates of this level
-            parents = growth.parents.gather(1, frontier)
-            rows = torch.arange((level - 1) * k, level * k).expand(batch, k)
-            parent_rows = row_of.gather(1, parents.clamp(min=0))
-            if level == 1:
-                features = first[:, None].expand(batch, k, first.shape[-1])
-                bits = torch.zeros(batch, k, dtype=torch.int64)
-            else:
-                features = row_features[arange_b[:, None], parent_rows]
-                bits = row_bits.gather(1, parent_rows)
-            bits = bits | (1 << rows)
-            row_bits.scatter_(1, rows, bits)
-            row_of.scatter_(1, frontier, rows)
-            # contiguous: vLLM's CPU rotary kernel reads positions densely
-            positions = (last_pos[:, None] + level).expand(batch, k).flatten().contiguous()
-            meta = CompressedAttentionMetadata(
-                query_start_loc=[r * k for r in range(batch + 1)],
-                query_positions=positions.to(device),
-                token_req=torch.arange(batch, dtype=torch.int32).repeat_interleave(k)
-                .to(device),
-                slot_mapping=torch.full((batch * k,), -1, dtype=torch.long, device=device),
-                block_table=cad.block_table_tensor,
-                kept_starts=int32([a for a, _ in flat]), kept_ends=int32([b for _, b in flat]),
-                cu_kept=int32(cu_kept),
-                tree=TreeRows(key=tree_key, value=tree_value,
-                              write_rows=(arange_b[:, None] * rows_per_req + rows).flatten()
-                              .to(device),
-                              start=int32([r * rows_per_req for r in range(batch)]),
-                              length=int32([level * k] * batch),
-                              anc_bits=bits.flatten().to(device)))
-            draft.step = DraftStepInputs(attention=meta, global_vectors=self._global_vectors(meta))
-            out, _ = self.model(input_ids=growth.frontier_tokens().flatten().to(device),
-                                positions=meta.query_positions,
-                                hidden_states=features.reshape(batch * k, -1).contiguous())
-            row_features[arange_b[:, None], rows] = out.view(batch, k, -1)
-            logprobs = self.model.compute_logits(out).log_softmax(-1)
-            growth.extend(logprobs.view(batch, k, -1))
-        return growth.select(options.num_nodes)
-
-    def prepare_inputs(self, common_attn_metadata, sampled_token_ids, num_draft_tokens):
-        cad, token_indices = super().prepare_inputs(common_attn_metadata, sampled_token_ids,
-                                                    num_draft_tokens)
-        self._kept_token_indices = token_indices
-        return cad, token_indices
-
-    def prepare_next_token_ids_padded(self, sampled_token_ids, requests, gpu_input_batch,
-                                      discard_request_mask):
-        next_token_ids, valid_count = super().prepare_next_token_ids_padded(
-            sampled_token_ids, requests, gpu_input_batch, discard_request_mask)
-        # For a prompt chunk whose sample is discarded, vLLM pairs the chunk's last slot
-        # with the prompt's *last* token; the draft's KV at that slot is kept, so pair it
-        # with the token that really follows the chunk (what ViSpec's draft sees).
-        num_reqs = gpu_input_batch.num_reqs
-        discard = discard_request_mask[:num_reqs].cpu().tolist()
-        if any(discard):
-            seq_lens = self.vispec_runner.seq_lens[:num_reqs].cpu().tolist()
-            for i, req_id in enumerate(gpu_input_batch.req_ids[:num_reqs]):
-                req = requests[req_id]
-                if discard[i] and seq_lens[i] < req.num_prompt_tokens:
-                    next_token_ids[i] = req.get_token_id(seq_lens[i])
-        return next_token_ids, valid_count
-
-    def initialize_cudagraph_keys(self, cudagraph_mode) -> None:
-        # The draft's per-step inputs (image state, compressed-layout metadata) are built
-        # in Python for each pass: never capture it in a CUDA graph.
-        from vllm.config import CUDAGraphMode
-        super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
-
-    def _set_positions(self, num_tokens: int, positions: torch.Tensor):
-        # propose() already made them 1-D token positions.
-        self.positions[:num_tokens] = positions
+        return self._target_kv_caches().caches(runner)
 
     def _draft(self):
         return self.model.model
 
     @staticmethod
     def _token_positions(cad, num_tokens: int) -> torch.Tensor:
-        qsl = cad.query_start_loc_cpu
-        query_lens = (qsl[1:] - qsl[:-1]).long()
-        seq_lens = cad.seq_lens.cpu().long()
-        req = torch.repeat_interleave(torch.arange(len(query_lens)), query_lens)
-        offset = torch.arange(int(qsl[-1])) - qsl[:-1].long()[req]
-        positions = seq_lens[req] - query_lens[req] + offset
-        out = torch.zeros(num_tokens, dtype=torch.long)
-        out[:positions.numel()] = positions
-        return out.to(cad.seq_lens.device)
-
-    # ---- per forward pass -----------------------------------------------------------------
-    def build_per_group_and_layer_attn_metadata(self, common_attn_metadata, draft_index=0):
-        result = super().build_per_group_and_layer_attn_metadata(common_attn_metadata,
-                                                                 draft_index)
-        cad = common_attn_metadata
-        qsl = cad.query_start_loc_cpu.tolist()
-        num_tokens = qsl[-1]
-        seq_lens = cad.seq_lens.cpu().tolist()
-        device = cad.seq_lens.device
-        intervals = [kept_intervals(images, seq_lens[r])
-                     for r, (_, images) in enumerate(self._batch)]
-        flat = [iv for req in intervals for iv in req]
-        cu_kept = [0]
-        for req in intervals:
-            cu_kept.append(cu_kept[-1] + len(req))
-        query_lens = torch.tensor(qsl[1:]) - torch.tensor(qsl[:-1])
-
-        def int32(values) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int32).to(device)
-        self._attention = CompressedAttentionMetadata(
-            query_start_loc=qsl,
-            query_positions=self.positions[:num_tokens].long(),
-            token_req=torch.repeat_interleave(
-                torch.arange(len(query_lens), dtype=torch.int32), query_lens).to(device),
-            slot_mapping=cad.slot_mapping[:num_tokens],
-            block_table=cad.block_table_tensor,
-            kept_starts=int32([a for a, _ in flat]),
-            kept_ends=int32([b for _, b in flat]),
-            cu_kept=int32(cu_kept),
-        )
-        if draft_index > 0:
-            # Further draft steps: one new slot per request, all text.
-            self._draft().step = DraftStepInputs(
-                attention=self._attention,
-                global_vectors=self._global_vectors(self._attention))
-        return result
-
-    def build_model_inputs_first_pass(self, num_tokens, num_input_tokens, mm_embed_inputs):
-        model_kwargs, size = super().build_model_inputs_first_pass(
-            num_tokens, num_input_tokens, mm_embed_inputs)
-        meta = self._attention
-        self._summarize_images(meta)
-        index, rows = self._compressed_slots(meta)
-        self._draft().step = DraftStepInputs(
-            attention=meta, global_vectors=self._global_vectors(meta),
-            replace_index=index, replace_rows=rows)
-        return model_kwargs, size
-
-    # ---- image state ---------------------------------------------------------------------
-    def _request_ranges(self, meta: CompressedAttentionMetadata):
-        positions = meta.query_positions.cpu()
-        for r, (req_id, images) in enumerate(self._batch):
-            start, end = meta.query_start_loc[r], meta.query_start_loc[r + 1]
-            if end > start:
-                yield req_id, images, start, positions[start:end]
-
-    def _summarize_images(self, meta: CompressedAttentionMetadata) -> None:
-        """Runs the adaptor on every image whose compressed slot is in this pass."""
-        draft = self._draft()
-        for req_id, images, _, positions in self._request_ranges(meta):
-            lo, hi = int(positions[0]), int(positions[-1])
-            for image in images:
-                if not image.kept or not (lo <= image.kept[-1] <= hi):
-                    continue
-                if self.image_store.get(req_id, image.identifier) is not None:
-                    continue
-                embeds = self.vispec_runner._get_encoder_output_from_cache(image.identifier)
-                if embeds is None:
-                    continue
-                rows = draft.imadpt(embeds.to(draft.fc.weight.dtype))
-                self.image_store.put(req_id, image.identifier,
-                                     ImageSummary(rows[:-1], rows[-1]))
-
-    def _summary(self, req_id: str, image: ImageSlots) -> ImageSummary | None:
-        summary = self.image_store.get(req_id, image.identifier)
-        if summary is None and not self._missing_warned:
-            self._missing_warned = True
-            logger.warning("vispec: no image summary for an image of request %s (its "
-                           "encoder output was not available); drafting without it. "
-                           "Output stays lossless; acceptance may drop.", req_id)
-        return summary
-
-    def _global_vectors(self, meta: CompressedAttentionMetadata) -> torch.Tensor:
-        draft = self._draft()
-        hidden = draft.dims.hidden_size
-        out = torch.zeros(meta.query_positions.shape[0], hidden,
-                          dtype=draft.fc.weight.dtype, device=meta.query_positions.device)
-        for req_id, images, start, positions in self._request_ranges(meta):
-            for i, image in enumerate(images):
-                # Slots after this image and up to the next image's last slot use its
-                # vector (the next image's own slots are replaced or dropped).
-                upper = images[i + 1].last if i + 1 < len(images) else None
-                mask = positions > image.last
-                if upper is not None:
-                    mask &= positions <= upper
-                if not bool(mask.any()):
-                    continue
-                summary = self._summary(req_id, image)
-                if summary is not None:
-                    idx = start + mask.nonzero().squeeze(1)
-                    out[idx.to(out.device)] = summary.global_vector.to(out.dtype)
-        return out
-
-    def _compressed_slots(self, meta: CompressedAttentionMetadata):
-        index, rows = [], []
-        for req_id, images, start, positions in self._request_ranges(meta):
-            lo, hi = int(positions[0]), int(positions[-1])
-            for image in images:
-                for row, slot in enumerate(image.kept):
-                    if lo <= slot <= hi:
-                        summary = self._summary(req_id, image)
-                        if summary is not None:
-                            index.append(start + int((positions == slot).nonzero()[0]))
-                            rows.append(summary.compressed[row])
-        if not index:
-            return None, None
-        device = meta.query_positions.device
-        return torch.tensor(index, device=device), torch.stack(rows)
+        """1-D position of each of ``num_tokens`` scheduled tokens."""
+        token_req = token_requests(cad.query_start_loc, cad.num_reqs, num_tokens)
+        return first_pass_positions(cad.seq_lens, cad.query_start_loc, token_req,
+                                    cad.num_reqs)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import DEVICE, rehome_in_vllm_cache, shuffled_paged_cache
 
-from vllm_vispec.kernels.compressed_attention import (compressed_paged_attention_ref,
+from vllm_vispec.kernels.compressed_attention import (compressed_paged_attention_padded,
+                                                      compressed_paged_attention_ref,
                                                       compressed_paged_attention_triton)
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
@@ -130,4 +131,59 @@ def test_kernel_reads_vllm_cache_views(case, token_major, dtype):
     ref = compressed_paged_attention_ref(**batch)
     got = compressed_paged_attention_triton(**{**batch, "key_cache": key_view,
                                                "value_cache": value_view})
+    torch.testing.assert_close(got.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def padded_inputs(batch, seq_lens, extra_kept=2):
+    """The batched path's inputs for ``batch``: every request's kept positions padded to
+    the longest (plus ``extra_kept`` positions past the sequence, which causality must
+    hide), and each query's row in the padded batch."""
+    bt = batch["block_table"].cpu()
+    bs = batch["key_cache"].shape[1]
+    starts, ends = batch["kept_starts"].tolist(), batch["kept_ends"].tolist()
+    cu = batch["cu_kept"].tolist()
+    far = 1 << 20
+    kept = []
+    for r, s in enumerate(seq_lens):
+        pos = [p for i in range(cu[r], cu[r + 1]) for p in range(starts[i], ends[i])]
+        tail = list(range(s, min(s + extra_kept, bt.shape[1] * bs)))
+        kept.append(pos + tail)
+    width = max(len(k) for k in kept)
+    pos = torch.full((len(seq_lens), width), far, dtype=torch.long)
+    for r, k in enumerate(kept):
+        pos[r, :len(k)] = torch.tensor(k)
+    clamped = pos.clamp(max=bt.shape[1] * bs - 1)
+    blocks = bt.gather(1, clamped // bs).long()
+    reqs = batch["token_req"].cpu().long()
+    query_lens = torch.bincount(reqs, minlength=len(seq_lens))
+    first = torch.cumsum(query_lens, 0) - query_lens
+    max_q = int(query_lens.max())
+    rows = reqs * max_q + torch.arange(len(reqs)) - first[reqs]
+    dev = batch["query"].device
+    return dict(kept_blocks=blocks.to(dev), kept_offsets=(clamped % bs).to(dev),
+                kept_pos=pos.to(dev), query_rows=rows.to(dev), max_query_len=max_q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("token_major", [None, True, False],
+                         ids=["compact", "token-major", "head-major"])
+@pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 4), (128, 4, 2), (48, 6, 3)])
+@pytest.mark.parametrize("case", list(CASES))
+def test_batched_torch_path_matches_reference(case, head_dim, heads, kv_heads, token_major,
+                                              dtype):
+    # The CPU path (one gather, one masked attention for the batch): any head size, vLLM's
+    # strided cache views, positions past a sequence hidden by causality, dropped slots
+    # never read (poisoned with NaN).
+    seq_lens, query_lens, dropped = CASES[case]
+    batch = make_batch(seq_lens, query_lens, dropped, 16, heads, kv_heads, head_dim, dtype,
+                       poison_dropped=True, seed=3)
+    ref = compressed_paged_attention_ref(**batch)
+    caches = {}
+    if token_major is not None:
+        caches = dict(zip(("key_cache", "value_cache"), rehome_in_vllm_cache(
+            batch["key_cache"], batch["value_cache"], token_major)))
+    args = {k: v for k, v in {**batch, **caches}.items()
+            if k not in ("block_table", "token_req", "kept_starts", "kept_ends", "cu_kept")}
+    got = compressed_paged_attention_padded(**args, **padded_inputs(batch, seq_lens))
+    assert torch.isfinite(got).all()
     torch.testing.assert_close(got.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import torch
-
-from vllm_vispec.image_state import ImageStateStore, ImageSummary, image_slots, kept_intervals
+from vllm_vispec.image_state import ImageStateStore, image_slots, kept_intervals
 
 
 def feature(offset, length, identifier="img", modality="image"):
@@ -46,14 +44,29 @@ def test_kept_intervals_skip_dropped_slots_only():
     assert kept_intervals([], 5) == [(0, 5)]
 
 
-def test_store_finds_summaries_by_content_and_frees_ended_requests():
-    store = ImageStateStore(max_images_by_content=2)
-    s = ImageSummary(torch.zeros(1, 4), torch.ones(4))
-    store.put("r1", "img-a", s)
-    assert store.get("r2", "img-a") is s  # same picture in another request (prefix cache)
+def test_store_finds_rows_by_content_and_frees_ended_requests():
+    store = ImageStateStore(capacity=2)
+    row_a = store.allocate("r1", "img-a")
+    assert row_a > 0 and store.row("r1", "img-a") == row_a
+    assert store.row("r2", "img-a") == row_a  # same picture in another request (prefix cache)
     store.retain({"r2"})
-    assert "r1" not in store.per_request and store.get("r2", "img-a") is s
-    store.put("r3", "img-b", s)
-    store.put("r3", "img-c", s)
-    assert list(store.by_content) == ["img-b", "img-c"]  # LRU bound
-    assert store.get("r4", "img-a") is None
+    assert "r1" not in store.per_request and store.row("r2", "img-a") == row_a
+    row_b = store.allocate("r3", "img-b")
+    assert row_b not in (0, row_a)
+    # Full, and every row in use by a live request: nothing to give.
+    assert store.allocate("r3", "img-c") == 0
+    store.retain({"r3"})  # img-a is no longer in use: its row is reused
+    assert store.allocate("r3", "img-c") == row_a
+    assert store.row("r4", "img-a") == 0 and list(store.by_content) == ["img-b", "img-c"]
+
+
+def test_store_version_changes_with_rows():
+    store = ImageStateStore(capacity=4)
+    v0 = store.version
+    store.allocate("r1", "a")
+    v1 = store.version
+    assert v1 != v0
+    store.row("r1", "a")
+    assert store.version == v1  # a lookup that finds the request's own row changes nothing
+    store.row("r2", "a")
+    assert store.version != v1  # adopted by another request

@@ -6,8 +6,8 @@ draft layer's paged KV cache has one slot per target position, so kept slots liv
 natural positions; this attention reads only the kept positions of each request (the
 dropped image slots are never read) and writes new K/V like any vLLM attention.
 
-:func:`compressed_paged_attention` is the single dispatch point: the PyTorch path here
-runs everywhere; a Triton kernel takes it over on CUDA.
+:func:`compressed_paged_attention` is the single dispatch point: a Triton kernel on CUDA,
+one batched PyTorch gather and attention elsewhere.
 """
 
 from __future__ import annotations
@@ -36,17 +36,26 @@ class TreeRows:
 
 @dataclass
 class CompressedAttentionMetadata:
-    """One forward's view of the batch."""
+    """One forward's view of the batch, all on the device (draft_metadata.py builds it
+    without reading anything back)."""
 
-    query_start_loc: list[int]  # [num_reqs + 1] token offsets of each request's queries
     query_positions: torch.Tensor  # [num_tokens] position (target index space) per query
     token_req: torch.Tensor  # [num_tokens] int32 request index per query
     slot_mapping: torch.Tensor  # [num_tokens] paged slot for each new K/V (< 0: skip)
     block_table: torch.Tensor  # [num_reqs, max_blocks]
     # Kept positions as half-open intervals: request r's are [cu_kept[r], cu_kept[r + 1]).
+    # The last may run past the sequence: queries attend causally by position.
     kept_starts: torch.Tensor  # int32
     kept_ends: torch.Tensor  # int32
     cu_kept: torch.Tensor  # [num_reqs + 1] int32
+    # The same positions padded per request, for the one-gather path (CPU): cache block
+    # and offset of each, and the position itself (beyond every query for padding).
+    kept_blocks: torch.Tensor | None = None  # [num_reqs, L] int64
+    kept_offsets: torch.Tensor | None = None  # [num_reqs, L] int64
+    kept_pos: torch.Tensor | None = None  # [num_reqs, L] int64
+    # Row of each query in a [num_reqs * max_query_len + 1] padding (the last row: none).
+    query_rows: torch.Tensor | None = None  # [num_tokens] int64
+    max_query_len: int = 1
     tree: TreeRows | None = None  # set while a draft tree grows
 
 
@@ -86,9 +95,12 @@ def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tens
 def compressed_paged_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                value_cache: torch.Tensor, meta: CompressedAttentionMetadata,
                                scale: float) -> torch.Tensor:
-    """The draft's attention step: the Triton kernel or its PyTorch reference, as
-    kernel_dispatch decides (the kernel on CUDA; VLLM_VISPEC_KERNELS=triton: also on CPU,
-    in Triton's interpreter)."""
+    """The draft's attention step, as kernel_dispatch decides: the Triton kernel on CUDA
+    (VLLM_VISPEC_KERNELS=triton: also on CPU, in Triton's interpreter), the one-gather
+    PyTorch path on CPU, the per-request reference with VLLM_VISPEC_KERNELS=reference."""
     return kernel_dispatch.compressed_paged_attention(
         query, key_cache, value_cache, meta.block_table, meta.token_req,
-        meta.query_positions, meta.kept_starts, meta.kept_ends, meta.cu_kept, scale)
+        meta.query_positions, meta.kept_starts, meta.kept_ends, meta.cu_kept, scale,
+        padded=None if meta.kept_pos is None else (
+            meta.kept_blocks, meta.kept_offsets, meta.kept_pos, meta.query_rows,
+            meta.max_query_len))

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.linear import ReplicatedLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
@@ -21,9 +22,9 @@ from vllm.model_executor.models.interfaces import SupportsMultiModalEmbeddings
 from vllm.model_executor.models.utils import _merge_multimodal_embeddings
 
 from .hf_config import dims_from_hf_config
+from .image_inputs import ImageInputs
 from .layers import DraftDecoderLayer, ImageAdaptor
 from .layout import check_shapes
-from .step_inputs import DraftStepInputs
 
 # Checkpoint names of the projections vLLM stores fused, with their shard ids.
 _STACKED = (
@@ -35,10 +36,16 @@ _STACKED = (
 )
 
 
+@support_torch_compile(dynamic_arg_dims={"input_embeds": 0, "positions": 0,
+                                         "hidden_states": 0})
 class VispecDraftModel(nn.Module):
-    """The draft body. Checkpoint keys map onto it one to one (``layers.0`` aside)."""
+    """The draft body. Checkpoint keys map onto it one to one (``layers.0`` aside).
 
-    def __init__(self, vllm_config: VllmConfig, prefix: str, layer_id: int) -> None:
+    Compiled through vLLM's torch.compile integration (unless vLLM runs eagerly): its
+    inputs are tensors, per-step state sits in persistent buffers (image_inputs.py) and
+    the attention step is a registered op (attention_op.py)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", layer_id: int = 0) -> None:
         super().__init__()
         hf_config = vllm_config.speculative_config.draft_model_config.hf_config
         self.dims = dims = dims_from_hf_config(hf_config)
@@ -54,8 +61,12 @@ class VispecDraftModel(nn.Module):
         self.fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.fc")
         self.img_fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.img_fc")
         self.imadpt = ImageAdaptor(dims, prefix=f"{prefix}.imadpt")
-        # Set by the proposer right before each forward, consumed by it.
-        self.step: DraftStepInputs | None = None
+        scheduler = vllm_config.scheduler_config
+        self.image_inputs = ImageInputs(
+            capacity=max(1024, 8 * scheduler.max_num_seqs),
+            num_compressed=dims.num_q - 1, hidden_size=h,
+            # a forward's tokens: a scheduled batch, or a tree level of every request
+            max_num_tokens=scheduler.max_num_batched_tokens + 64 * scheduler.max_num_seqs)
 
     def fuse_features(self, input_embeds: torch.Tensor, hidden_states: torch.Tensor,
                       global_image: torch.Tensor) -> torch.Tensor:
@@ -64,18 +75,14 @@ class VispecDraftModel(nn.Module):
         fused, _ = self.fc(torch.cat((input_embeds, feature), dim=-1))
         return fused
 
-    def forward(self, input_embeds: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-        step, self.step = self.step, None
-        global_image = hidden_states.new_zeros(hidden_states.shape)
-        if step is not None:
-            global_image[:step.num_tokens] = step.global_vectors.to(global_image.dtype)
-        x = self.fuse_features(input_embeds, hidden_states, global_image)
-        if step is not None and step.replace_index is not None:
-            # Compressed image tokens enter the layer directly (no fc, no target feature).
-            x[step.replace_index] = step.replace_rows.to(x.dtype)
-        meta = step.attention if step is not None else None
+    def forward(self, input_embeds: torch.Tensor, positions: torch.Tensor,
+                hidden_states: torch.Tensor) -> torch.Tensor:
+        global_image = self.image_inputs.global_vector_rows(input_embeds.shape[0])
+        x = self.fuse_features(input_embeds, hidden_states, global_image.to(input_embeds.dtype))
+        # Compressed image tokens enter the layer directly (no fc, no target feature).
+        x = self.image_inputs.replace_inputs(x)
         for layer in self.layers:
-            x = layer(x, meta)
+            x = layer(positions, x)
         return x
 
 
@@ -92,7 +99,8 @@ class EagleVispecForCausalLM(nn.Module, SupportsMultiModalEmbeddings):
         super().__init__()
         self.config = vllm_config.speculative_config.draft_model_config.hf_config
         target_layers = vllm_config.model_config.get_num_layers(vllm_config.parallel_config)
-        self.model = VispecDraftModel(vllm_config, prefix="model", layer_id=target_layers)
+        self.model = VispecDraftModel(vllm_config=vllm_config, prefix="model",
+                                      layer_id=target_layers)
         self.logits_processor = LogitsProcessor(self.model.dims.vocab_size)
         self.lm_head: nn.Module | None = None  # the target's, set by the proposer
 
@@ -108,9 +116,9 @@ class EagleVispecForCausalLM(nn.Module, SupportsMultiModalEmbeddings):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if inputs_embeds is None:
             inputs_embeds = self.embed_input_ids(input_ids)
-        # Positions come with the step's attention metadata: ViSpec's draft uses 1-D token
-        # positions even when the target uses M-RoPE.
-        out = self.model(inputs_embeds, hidden_states)
+        # 1-D token positions (the proposer's): ViSpec's draft uses them even when the
+        # target uses M-RoPE.
+        out = self.model(inputs_embeds, positions, hidden_states)
         # No final norm: the draft's output is both its feature and what lm_head scores.
         return out, out
 

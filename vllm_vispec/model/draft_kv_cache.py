@@ -57,6 +57,7 @@ class DraftKVCacheAttention(Attention):
         super().__init__(num_heads, head_size, scale, num_kv_heads=num_kv_heads,
                          cache_config=draft_cache_config(vllm_config), prefix=prefix)
         self.kv_split: str | None = None
+        self.scale = scale
 
     def bind_kv_cache(self, kv_cache: torch.Tensor) -> None:
         self.kv_split = check_draft_kv_cache(kv_cache, self.attn_backend.get_name(),

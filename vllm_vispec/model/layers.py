@@ -14,8 +14,7 @@ from vllm.model_executor.layers.rotary_embedding import get_rope
 
 from .. import kernel_dispatch
 from ..kernels.image_compression import fold_queries, project_pooled
-from .compressed_attention import (CompressedAttentionMetadata, compressed_paged_attention,
-                                   paged_kv_views, write_kv)
+from . import attention_op  # noqa: F401  (registers torch.ops.vllm.vispec_draft_attention)
 from .draft_kv_cache import DraftKVCacheAttention
 from .layout import DraftDims
 
@@ -59,39 +58,20 @@ class DraftAttention(nn.Module):
                                           num_kv_heads=self.num_kv_heads,
                                           vllm_config=vllm_config, prefix=f"{prefix}.attn")
 
-    def forward(self, x: torch.Tensor,
-                meta: CompressedAttentionMetadata | None) -> torch.Tensor:
-        if meta is None:  # vLLM's warm-up and profiling runs: no batch, no cache writes
-            out, _ = self.o_proj(torch.zeros_like(x[:, :self.q_size]))
-            return out
-        n = meta.query_positions.shape[0]
-        qkv, _ = self.qkv_proj(x[:n])
+    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        qkv, _ = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.rotary_emb(meta.query_positions, q, k)
-        q = q.view(n, self.num_heads, self.head_dim)
-        k = k.reshape(n, self.num_kv_heads, self.head_dim)
-        v = v.reshape(n, self.num_kv_heads, self.head_dim)
-        key_cache, value_cache = paged_kv_views(self.attn.kv_cache, self.attn.kv_split)
-        if meta.tree is None:
-            write_kv(key_cache, value_cache, k, v, meta.slot_mapping)
-            attn = compressed_paged_attention(q, key_cache, value_cache, meta, self.scale)
-        else:
-            attn = self._tree_attention(q, k, v, key_cache, value_cache, meta)
-        out, _ = self.o_proj(attn.reshape(n, self.q_size))
-        if n < x.shape[0]:  # rows vLLM padded the batch with
-            out = torch.cat((out, out.new_zeros(x.shape[0] - n, out.shape[1])))
+        q, k = self.rotary_emb(positions, q, k)
+        out = torch.empty(n, self.num_heads, self.head_dim, dtype=q.dtype, device=q.device)
+        # The cache write and the compressed-layout attention: one op that reads this
+        # step's metadata from vLLM's forward context (attention_op.py).
+        torch.ops.vllm.vispec_draft_attention(
+            q.reshape(n, self.num_heads, self.head_dim),
+            k.reshape(n, self.num_kv_heads, self.head_dim),
+            v.reshape(n, self.num_kv_heads, self.head_dim), out, self.attn.layer_name)
+        out, _ = self.o_proj(out.view(n, self.q_size))
         return out
-
-
-    def _tree_attention(self, q, k, v, key_cache, value_cache,
-                        meta: CompressedAttentionMetadata) -> torch.Tensor:
-        tree = meta.tree
-        tree.key[tree.write_rows] = k.to(tree.key.dtype)
-        tree.value[tree.write_rows] = v.to(tree.value.dtype)
-        return kernel_dispatch.tree_paged_attention(
-            q, key_cache, value_cache, meta.block_table, meta.token_req, meta.kept_starts,
-            meta.kept_ends, meta.cu_kept, tree.key, tree.value, tree.start, tree.length,
-            tree.anc_bits, scale=self.scale, site="draft")
 
 
 class DraftMLP(nn.Module):
@@ -119,9 +99,8 @@ class DraftDecoderLayer(nn.Module):
         self.mlp = DraftMLP(dims, prefix=f"{prefix}.mlp")
         self.post_attention_layernorm = RMSNorm(dims.hidden_size, eps=dims.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor,
-                meta: CompressedAttentionMetadata | None) -> torch.Tensor:
-        attn = self.self_attn(x, meta)
+    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        attn = self.self_attn(positions, x)
         h, residual = self.post_attention_layernorm(attn, x)
         return self.mlp(h) + residual
 

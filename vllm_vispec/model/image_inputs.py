@@ -1,0 +1,51 @@
+"""The draft's image inputs, in persistent device buffers.
+
+Two tables hold every summarised image (a row per image, given out by the proposer's
+``ImageStateStore``): its global vector, and its compressed tokens. Two per-token row
+buffers say, for the tokens of the next forward, which global vector each fuses
+(row 0: the zero vector, before any image) and which compressed token replaces its input
+(row 0: none). The proposer fills the row buffers before each forward with batched tensor
+ops; the forward only gathers. Fixed addresses and shapes: nothing is handed to the model
+per call, so the forward can be compiled and captured.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ImageInputs(nn.Module):
+
+    def __init__(self, capacity: int, num_compressed: int, hidden_size: int,
+                 max_num_tokens: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.num_compressed = num_compressed
+        self.register_buffer("global_vectors", torch.zeros(capacity + 1, hidden_size),
+                             persistent=False)
+        self.register_buffer("compressed_tokens",
+                             torch.zeros(capacity * max(num_compressed, 1) + 1, hidden_size),
+                             persistent=False)
+        self.register_buffer("global_rows", torch.zeros(max_num_tokens, dtype=torch.long),
+                             persistent=False)
+        self.register_buffer("replace_rows", torch.zeros(max_num_tokens, dtype=torch.long),
+                             persistent=False)
+
+    def store(self, row: int, summary: torch.Tensor) -> None:
+        """Image summary ``summary`` [num_compressed + 1, H] (compressed tokens, then the
+        global vector) into table row ``row`` (> 0)."""
+        self.global_vectors[row] = summary[-1].to(self.global_vectors.dtype)
+        n = self.num_compressed
+        if n:
+            first = 1 + (row - 1) * n
+            self.compressed_tokens[first:first + n] = summary[:n].to(
+                self.compressed_tokens.dtype)
+
+    def global_vector_rows(self, num_tokens: int) -> torch.Tensor:
+        return self.global_vectors[self.global_rows[:num_tokens]]
+
+    def replace_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with each compressed slot's input replaced by its compressed token."""
+        rows = self.replace_rows[:x.shape[0]]
+        return torch.where((rows > 0)[:, None], self.compressed_tokens[rows].to(x.dtype), x)
