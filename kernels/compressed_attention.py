@@ -50,31 +50,42 @@ def compressed_paged_attention_ref(query, key_cache, value_cache, block_table, t
 
 def compressed_paged_attention_padded(query, key_cache, value_cache, kept_blocks,
                                       kept_offsets, kept_pos, query_rows, query_positions,
-                                      max_query_len: int, scale: float) -> torch.Tensor:
+                                      max_query_len: int, scale: float,
+                                      blind_rows: bool = True) -> torch.Tensor:
     """The same attention as the reference, batched: one gather of every request's kept
     keys and values (padded to the batch's longest), one masked attention for the batch.
 
     ``kept_blocks``/``kept_offsets``/``kept_pos`` [R, L]: cache block, offset and position
     of each request's kept positions (padding: a position beyond every query);
     ``query_rows`` [T]: each query's row ``r * max_query_len + i`` in the padded batch
-    (``R * max_query_len``: none). Fixed work per call, no host round trip.
+    (``R * max_query_len``: none), or None when the queries already are that batch
+    (``T == R * max_query_len``, request-major). ``blind_rows``: some query may see no key
+    at all (its output is then zeros, as in the reference). Fixed work per call, no host
+    round trip.
     """
     num_tokens, heads, head_dim = query.shape
     num_reqs = kept_pos.shape[0]
     rows = num_reqs * max_query_len
     keys = key_cache[kept_blocks, kept_offsets].transpose(1, 2)  # [R, kv_heads, L, D]
     values = value_cache[kept_blocks, kept_offsets].transpose(1, 2)
-    padded_q = query.new_zeros(rows + 1, heads, head_dim)
-    padded_q[query_rows] = query
-    padded_pos = query_positions.new_full((rows + 1,), -1)
-    padded_pos[query_rows] = query_positions.to(padded_pos.dtype)
+    if query_rows is None:
+        padded_q, padded_pos = query, query_positions
+    else:
+        padded_q = query.new_zeros(rows + 1, heads, head_dim)
+        padded_q[query_rows] = query
+        padded_pos = query_positions.new_full((rows + 1,), -1)
+        padded_pos[query_rows] = query_positions
     q = padded_q[:rows].view(num_reqs, max_query_len, heads, head_dim).transpose(1, 2)
     visible = kept_pos[:, None, None, :] <= padded_pos[:rows].view(num_reqs, 1, -1, 1)
     out = torch.nn.functional.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible, scale=scale,
         enable_gqa=heads != keys.shape[1])
-    # Rows that see no key at all (padding) come out as NaN: zeros, as in the reference.
-    out = torch.nan_to_num(out.transpose(1, 2).reshape(rows, heads, head_dim), nan=0.0)
+    out = out.transpose(1, 2).reshape(rows, heads, head_dim)
+    if blind_rows or query_rows is not None:
+        # Rows that see no key (padding among them) come out as NaN: zeros instead.
+        out = torch.nan_to_num(out, nan=0.0)
+    if query_rows is None:
+        return out
     return torch.cat((out, out.new_zeros(1, heads, head_dim)))[query_rows]
 
 

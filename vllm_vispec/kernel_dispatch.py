@@ -224,7 +224,7 @@ def compressed_paged_attention(query, key_cache, value_cache, block_table, token
                                scale: float, padded=None) -> torch.Tensor:
     """The draft's attention over its compressed layout (kernels/compressed_attention.py).
     ``padded`` (kept blocks, offsets and positions per request, query rows, longest
-    query) enables the one-gather PyTorch path, which ``auto`` takes off CUDA."""
+    query, whether a query may see nothing) enables the one-gather PyTorch path, which ``auto`` takes off CUDA."""
     args = (query, key_cache, value_cache, block_table, token_req, query_positions,
             kept_starts, kept_ends, cu_kept, scale)
     module = _kernels("compressed_attention", query,
@@ -233,10 +233,10 @@ def compressed_paged_attention(query, key_cache, value_cache, block_table, token
     if module is None:
         from .kernels import compressed_attention as torch_paths
         if padded is not None and mode() == "auto":
-            blocks, offsets, positions, query_rows, max_query_len = padded
+            blocks, offsets, positions, query_rows, max_query_len, blind_rows = padded
             return torch_paths.compressed_paged_attention_padded(
                 query, key_cache, value_cache, blocks, offsets, positions, query_rows,
-                query_positions, max_query_len, scale)
+                query_positions, max_query_len, scale, blind_rows)
         return torch_paths.compressed_paged_attention_ref(*args)
     launches["compressed_attention"] += 1
     return _launch(module, "compressed_paged_attention_triton", *args)

@@ -182,8 +182,11 @@ class VispecProposer(EagleProposer):
         self._step_tokens = num_tokens
         self._step_max_query_len = max(int((qsl[1:] - qsl[:-1]).max(initial=1)), 1)
         self._step_token_req = token_requests(cad.query_start_loc, num_reqs, num_tokens)
-        self._step_query_rows = query_rows(cad.query_start_loc, self._step_token_req,
-                                           num_reqs, self._step_max_query_len)
+        query_lens = qsl[1:] - qsl[:-1]
+        dense = (num_tokens == qsl[-1] == num_reqs * self._step_max_query_len
+                 and bool((query_lens == self._step_max_query_len).all()))
+        self._step_query_rows = None if dense else query_rows(
+            cad.query_start_loc, self._step_token_req, num_reqs, self._step_max_query_len)
 
     def _host_seq_lens(self, cad, num_reqs: int) -> np.ndarray:
         """Each sequence's length after this step, from the host: exact for prompt
@@ -215,7 +218,7 @@ class VispecProposer(EagleProposer):
                 continue
             row = store.allocate(req_id, image.identifier)
             if row:
-                draft.image_inputs.store(row, draft.imadpt(embeds.to(draft.fc.weight.dtype)))
+                draft.store_image(row, draft.imadpt(embeds.to(draft.image_inputs.dtype)))
 
     def _warn_if_missing(self, req_ids, images, rows, seq_lens) -> None:
         if self._missing_warned:
@@ -242,10 +245,10 @@ class VispecProposer(EagleProposer):
             n = self._step_tokens
             token_req, rows = self._step_token_req, self._step_query_rows
             max_query_len = self._step_max_query_len
-        else:  # one new token per request, all text
+        else:  # one new token per request, all text (each sees itself)
             n = cad.num_reqs
             token_req = self.arange[:n].long()
-            rows, max_query_len = token_req, 1
+            rows, max_query_len = None, 1
         positions = self.positions[:n]
         inputs.global_rows[:n] = step.global_rows(token_req, positions)
         if draft_index == 0:
@@ -257,7 +260,8 @@ class VispecProposer(EagleProposer):
             slot_mapping=cad.slot_mapping[:n], block_table=cad.block_table_tensor,
             kept_starts=step.kept_starts, kept_ends=step.kept_ends, cu_kept=step.cu_kept,
             kept_blocks=step.kept_blocks, kept_offsets=step.kept_offsets,
-            kept_pos=step.kept_pos, query_rows=rows, max_query_len=max_query_len)
+            kept_pos=step.kept_pos, query_rows=rows, max_query_len=max_query_len,
+            blind_rows=draft_index == 0)
         return [], {name: meta for name in self._draft_attn_layer_names}
 
     def _set_positions(self, num_tokens: int, positions: torch.Tensor):

@@ -184,6 +184,11 @@ def test_batched_torch_path_matches_reference(case, head_dim, heads, kv_heads, t
             batch["key_cache"], batch["value_cache"], token_major)))
     args = {k: v for k, v in {**batch, **caches}.items()
             if k not in ("block_table", "token_req", "kept_starts", "kept_ends", "cu_kept")}
-    got = compressed_paged_attention_padded(**args, **padded_inputs(batch, seq_lens))
+    padded = padded_inputs(batch, seq_lens)
+    got = compressed_paged_attention_padded(**args, **padded)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
+    if len(set(query_lens)) == 1:  # queries already request-major and equal: no padding
+        dense = compressed_paged_attention_padded(**args, **{**padded, "query_rows": None},
+                                                  blind_rows=False)
+        torch.testing.assert_close(dense, got)

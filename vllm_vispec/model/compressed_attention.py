@@ -53,9 +53,11 @@ class CompressedAttentionMetadata:
     kept_blocks: torch.Tensor | None = None  # [num_reqs, L] int64
     kept_offsets: torch.Tensor | None = None  # [num_reqs, L] int64
     kept_pos: torch.Tensor | None = None  # [num_reqs, L] int64
-    # Row of each query in a [num_reqs * max_query_len + 1] padding (the last row: none).
+    # Row of each query in a [num_reqs * max_query_len + 1] padding (the last row: none);
+    # None when the queries already are that padding (every request max_query_len).
     query_rows: torch.Tensor | None = None  # [num_tokens] int64
     max_query_len: int = 1
+    blind_rows: bool = True  # some query may see no key (a prompt's dropped slots)
     tree: TreeRows | None = None  # set while a draft tree grows
 
 
@@ -103,4 +105,4 @@ def compressed_paged_attention(query: torch.Tensor, key_cache: torch.Tensor,
         meta.query_positions, meta.kept_starts, meta.kept_ends, meta.cu_kept, scale,
         padded=None if meta.kept_pos is None else (
             meta.kept_blocks, meta.kept_offsets, meta.kept_pos, meta.query_rows,
-            meta.max_query_len))
+            meta.max_query_len, meta.blind_rows))

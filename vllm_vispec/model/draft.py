@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
-from vllm.model_executor.layers.linear import ReplicatedLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
@@ -22,6 +21,7 @@ from vllm.model_executor.models.interfaces import SupportsMultiModalEmbeddings
 from vllm.model_executor.models.utils import _merge_multimodal_embeddings
 
 from .hf_config import dims_from_hf_config
+from .feature_fusion import FusedFeatures
 from .image_inputs import ImageInputs
 from .layers import DraftDecoderLayer, ImageAdaptor
 from .layout import check_shapes
@@ -55,11 +55,8 @@ class VispecDraftModel(nn.Module):
         # The attention layer's name must not collide with the target's layers.
         self.layers = nn.ModuleList([
             DraftDecoderLayer(dims, vllm_config, prefix=f"{prefix}.layers.{layer_id}")])
-        # Replicated on purpose (as in vLLM's EAGLE): their inputs, the embedding and the
-        # target's feature, are whole on every tensor-parallel rank and so is the fused
-        # feature the decoder layer takes; splitting them would add a gather per pass.
-        self.fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.fc")
-        self.img_fc = ReplicatedLinear(2 * h, h, bias=dims.fc_bias, prefix=f"{prefix}.img_fc")
+        # fc and img_fc of the checkpoint, folded (feature_fusion.py).
+        self.fusion = FusedFeatures(h, prefix=f"{prefix}.fusion")
         self.imadpt = ImageAdaptor(dims, prefix=f"{prefix}.imadpt")
         scheduler = vllm_config.scheduler_config
         self.image_inputs = ImageInputs(
@@ -68,17 +65,18 @@ class VispecDraftModel(nn.Module):
             # a forward's tokens: a scheduled batch, or a tree level of every request
             max_num_tokens=scheduler.max_num_batched_tokens + 64 * scheduler.max_num_seqs)
 
-    def fuse_features(self, input_embeds: torch.Tensor, hidden_states: torch.Tensor,
-                      global_image: torch.Tensor) -> torch.Tensor:
-        """``fc(cat(emb, img_fc(cat(h, g))))`` for text slots; ``g`` broadcasts per row."""
-        feature, _ = self.img_fc(torch.cat((hidden_states, global_image), dim=-1))
-        fused, _ = self.fc(torch.cat((input_embeds, feature), dim=-1))
-        return fused
+    def store_image(self, row: int, summary: torch.Tensor) -> None:
+        """An image's adaptor output [num_q, H] into row ``row`` of the image tables: its
+        compressed tokens, and its global vector as the fused feature's bias."""
+        self.image_inputs.store(row, summary[:-1], self.fusion.image_bias(summary[-1]))
+
+    def finish_loading(self) -> None:
+        self.image_inputs.set_no_image_bias(self.fusion.image_offset)
 
     def forward(self, input_embeds: torch.Tensor, positions: torch.Tensor,
                 hidden_states: torch.Tensor) -> torch.Tensor:
-        global_image = self.image_inputs.global_vector_rows(input_embeds.shape[0])
-        x = self.fuse_features(input_embeds, hidden_states, global_image.to(input_embeds.dtype))
+        image_bias = self.image_inputs.image_bias_rows(input_embeds.shape[0])
+        x = self.fusion(input_embeds, hidden_states, image_bias)
         # Compressed image tokens enter the layer directly (no fc, no target feature).
         x = self.image_inputs.replace_inputs(x)
         for layer in self.layers:
@@ -132,7 +130,11 @@ class EagleVispecForCausalLM(nn.Module, SupportsMultiModalEmbeddings):
                      where=getattr(self.config, "vispec", {}).get("source", "(draft)"))
         params = dict(self.named_parameters())
         loaded: set[str] = set()
+        fusion = {}
         for name, tensor in weights:
+            if name.split(".")[0] in ("fc", "img_fc"):
+                fusion[name] = tensor
+                continue
             target = "model." + name
             shard = None
             for ckpt_part, param_part, shard_id in _STACKED:
@@ -146,4 +148,8 @@ class EagleVispecForCausalLM(nn.Module, SupportsMultiModalEmbeddings):
             else:
                 loader(param, tensor, shard)
             loaded.add(target)
+        self.model.fusion.load(fusion["fc.weight"], fusion.get("fc.bias"),
+                               fusion["img_fc.weight"], fusion.get("img_fc.bias"))
+        self.model.finish_loading()
+        loaded.add("model.fusion.proj.weight")
         return loaded
