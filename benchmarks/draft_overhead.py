@@ -12,10 +12,10 @@ b. Draft forward time per step against image tokens per request, on random-weigh
    LLaVA targets whose pictures give that many tokens (2880: five 336-px pictures of 576).
 
 Each measurement is a counting run (every aten op goes through Python: syncs only, also the
-warm-up) followed by a timing run of the same requests. Prefix caching is off so both runs
+warm-up) followed by ``--repeats`` timing runs of the same requests. Prefix caching is off so both runs
 do the same work.
 
-    python benchmarks/draft_overhead.py              # tiny LLaVA, about 10 min on 2 CPU cores
+    python benchmarks/draft_overhead.py              # tiny LLaVA, 1.5 min on 2 CPU cores
     python benchmarks/draft_overhead.py --quick
     python benchmarks/draft_overhead.py --demo       # the trained demo target, when built
     python benchmarks/draft_overhead.py --target llava-hf/llava-v1.6-vicuna-7b-hf \\
@@ -24,7 +24,9 @@ do the same work.
 
 Writes ``--out`` (JSON) and ``table.md`` beside it. Times are only comparable within a run.
 On CPU the CPU is the device: the sync counts estimate what the same code would block on
-with CUDA (see ``vllm_vispec/host_syncs.py``).
+with CUDA (see ``vllm_vispec/host_syncs.py``). The script re-runs itself with the venv's
+Intel OpenMP preloaded (``--gnu-openmp`` not to): under GNU OpenMP each of vLLM's CPU ops
+can take milliseconds (a draft step of the tiny EAGLE draft: ~150 ms instead of ~3 ms).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import gc
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -42,8 +45,9 @@ from common import positive_int
 
 METHODS = ("vispec", "eagle")
 DEFAULT_OUT = common.ROOT / "benchmarks" / "results" / "draft-overhead" / "results.json"
-DEFAULTS = dict(batch=[1, 8, 32], max_tokens=64, image_batch=[1, 8], image_max_tokens=32)
-QUICK = dict(batch=[1, 8], max_tokens=32, image_batch=[1], image_max_tokens=24)
+DEFAULTS = dict(batch=[1, 8, 32], max_tokens=128, image_batch=[1, 8], image_max_tokens=64,
+                repeats=3)
+QUICK = dict(batch=[1, 8], max_tokens=32, image_batch=[1], image_max_tokens=24, repeats=1)
 QUESTION = "Describe the image."
 
 
@@ -53,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"batches {QUICK['batch']}, {QUICK['max_tokens']} tokens; image "
                    f"tokens at batch {QUICK['image_batch']} only, {QUICK['image_max_tokens']} "
-                   "tokens")
+                   "tokens; one timing run")
     p.add_argument("--demo", action="store_true",
                    help="part a on the trained demo target and its drafts (must be built: "
                    "python -m vllm_vispec.tiny.demo_target --drafts)")
@@ -75,12 +79,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"part b batch sizes ({DEFAULTS['image_batch']})")
     p.add_argument("--image-max-tokens", type=positive_int,
                    help=f"tokens per request in part b ({DEFAULTS['image_max_tokens']})")
+    p.add_argument("--repeats", type=positive_int,
+                   help=f"timing runs per measurement, steps pooled ({DEFAULTS['repeats']})")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-model-len", type=positive_int, default=1024,
                    help="part a (part b fits its longest prompt) (%(default)s)")
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True,
                    help="eager draft (the forward timer wraps the module's forward; "
                    "CUDA-graph replays bypass it)")
+    p.add_argument("--gnu-openmp", action="store_true",
+                   help="do not re-run under the venv's Intel OpenMP (libiomp5): under GNU "
+                   "OpenMP each of vLLM's CPU ops can take milliseconds (vLLM warns about it "
+                   "for speculative decoding), which swamps the draft's own cost")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="results JSON; table.md is written beside it (%(default)s)")
     args = p.parse_args(argv)
@@ -147,9 +157,12 @@ def conversations(count: int, images: int, seed: int = 0) -> list[list[dict]]:
 
 # ---- measuring ---------------------------------------------------------------------------
 def _ms(values: list[float]) -> dict:
+    """Median and mean, and the minimum (what is left of a step when other work on a shared
+    machine takes none of it)."""
     if not values:
-        return {"median": None, "mean": None}
-    return {"median": statistics.median(values) * 1e3, "mean": statistics.fmean(values) * 1e3}
+        return {"median": None, "mean": None, "min": None}
+    return {"median": statistics.median(values) * 1e3, "mean": statistics.fmean(values) * 1e3,
+            "min": min(values) * 1e3}
 
 
 def at_batch(steps: list[dict], batch: int) -> list[dict]:
@@ -187,7 +200,7 @@ def summarise(sync_steps: list[dict], time_steps: list[dict], batch: int, top: i
     }
 
 
-def measure(llm, convs: list, max_tokens: int, batch: int) -> dict:
+def measure(llm, convs: list, max_tokens: int, batch: int, repeats: int = 1) -> dict:
     from vllm import SamplingParams
 
     from vllm_vispec.host_syncs import HostSyncCounter, drafter_of
@@ -198,8 +211,9 @@ def measure(llm, convs: list, max_tokens: int, batch: int) -> dict:
     before = common.spec_metrics(llm)
     started = time.perf_counter()
     with HostSyncCounter(drafter, count=False, keep_events=False) as timed:
-        llm.chat(convs, params, use_tqdm=False)
-    seconds = time.perf_counter() - started
+        for _ in range(repeats):
+            llm.chat(convs, params, use_tqdm=False)
+    seconds = (time.perf_counter() - started) / repeats
     spec = common.acceptance(before, common.spec_metrics(llm))
     return {**summarise(counted.steps, timed.steps, batch), "seconds": seconds,
             "acceptance_length": spec["acceptance_length"]}
@@ -226,7 +240,8 @@ def run_part_a(args, models: dict) -> list[dict]:
         for batch in args.batch:
             row = {"part": "batch", "method": method, "batch": batch,
                    "load_seconds": load,
-                   **measure(llm, conversations(batch, 1), args.max_tokens, batch)}
+                   **measure(llm, conversations(batch, 1), args.max_tokens, batch,
+                             args.repeats)}
             rows.append(row)
             _progress(row)
         del llm
@@ -259,7 +274,7 @@ def run_part_b(args) -> tuple[list[dict], dict]:
                     row = {"part": "image_tokens", "method": method, "image_tokens": n,
                            "images": layouts[n][0], "image_pixels": pixels, "batch": batch,
                            **measure(llm, conversations(batch, layouts[n][0]),
-                                     args.image_max_tokens, batch)}
+                                     args.image_max_tokens, batch, args.repeats)}
                     rows.append(row)
                     _progress(row)
             del llm
@@ -302,7 +317,8 @@ def _f(value, spec: str = ".2f") -> str:
 
 def table(report: dict) -> str:
     lines = [f"Target (part a): `{report['target']}`, k = {report['num_speculative_tokens']}, "
-             f"dtype {report['dtype']}, enforce_eager {report['enforce_eager']}.", "",
+             f"dtype {report['dtype']}, enforce_eager {report['enforce_eager']}, "
+             f"OpenMP {report.get('openmp', '?')}.", "",
              "| method | batch | steps at batch | host ms/step median / mean | "
              "draft forward ms/step median / mean | syncs/step max / mean | "
              "top culprit (per step) |", "|" + "---|" * 7]
@@ -335,14 +351,46 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def shown(path: str | None) -> str | None:
+    """A model folder inside the checkout relative to it (hub ids stay as they are)."""
+    if path is None or not Path(path).is_absolute():
+        return path
+    try:
+        return str(Path(path).relative_to(common.ROOT))
+    except ValueError:
+        return path
+
+
 def write(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     (out.parent / "table.md").write_text(table(report))
 
 
+def intel_openmp() -> Path | None:
+    """The venv's libiomp5 (vLLM-CPU's recommended OpenMP), if it has one."""
+    lib = Path(sys.prefix) / "lib" / "libiomp5.so"
+    return lib if lib.is_file() else None
+
+
+def openmp_in_use() -> str:
+    return "intel" if "libiomp5" in os.environ.get("LD_PRELOAD", "") else "gnu"
+
+
+def reexec_with_intel_openmp(argv: list[str]) -> None:
+    """LD_PRELOAD only takes effect at process start: run this script again with it."""
+    lib = intel_openmp()
+    if lib is None or openmp_in_use() == "intel":
+        return
+    preload = f"{lib} {os.environ.get('LD_PRELOAD', '')}".strip()
+    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv],
+              {**os.environ, "LD_PRELOAD": preload})
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if argv is None and not args.gnu_openmp:
+        reexec_with_intel_openmp(sys.argv[1:])
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
         raise SystemExit("the counter needs the engine in this process: "
@@ -351,10 +399,12 @@ def main(argv=None) -> int:
     models = part_a_models(args)
     rows = run_part_a(args, models) if args.batch else []
     image_rows, layouts = run_part_b(args) if args.image_tokens else ([], {})
-    report = {"target": args.target, "models": models,
+    report = {"target": args.target, "models": {k: shown(v) for k, v in models.items()},
               "num_speculative_tokens": args.num_speculative_tokens, "dtype": args.dtype,
               "enforce_eager": args.enforce_eager, "quick": args.quick,
+              "openmp": openmp_in_use(),
               "max_tokens": args.max_tokens, "image_max_tokens": args.image_max_tokens,
+              "repeats": args.repeats,
               "image_layouts": layouts, "seconds": time.perf_counter() - started,
               "rows": rows + image_rows, "ratios_vispec_over_eagle": ratios(rows + image_rows)}
     write(report, args.out)

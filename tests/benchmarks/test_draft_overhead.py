@@ -60,7 +60,7 @@ def test_summary_keeps_the_full_batch_steps():
     timed = [step(0, 8, host=0.004), step(0, 8, host=0.002), step(0, 3, host=1.0)]
     got = summarise(counted, timed, batch=8)
     assert got["steps"] == 3 and got["steps_at_batch"] == 2
-    assert got["host_ms"] == pytest.approx({"median": 3.0, "mean": 3.0})
+    assert got["host_ms"] == pytest.approx({"median": 3.0, "mean": 3.0, "min": 2.0})
     assert got["syncs_per_step"] == {"max": 9, "mean": 5.0}
     assert got["syncs_per_step_all_steps"]["max"] == 30
     assert got["top_locations"][0] == {"where": "a.py:1 (f)", "per_step": pytest.approx(13 / 3)}
@@ -83,12 +83,13 @@ def test_table_and_json(tmp_path):
             row("image_tokens", "vispec", 1, 3.0, 1.0, 0, 2880),
             row("image_tokens", "eagle", 1, 3.0, 4.0, 0, 2880)]
     report = {"target": "tiny:llava", "num_speculative_tokens": 3, "dtype": "float32",
-              "enforce_eager": True, "rows": rows, "ratios_vispec_over_eagle": ratios(rows),
+              "enforce_eager": True, "openmp": "intel", "rows": rows, "ratios_vispec_over_eagle": ratios(rows),
               "image_layouts": {"2880": "5 picture(s) of 336x336 px, 576 tokens each"}}
     text = table(report)
     assert ("| vispec | 1 | 10 | 3.00 / 3.00 | 2.00 / 2.00 | 26 / 13.0 | "
             "`vllm_vispec/proposer.py:304 (int32)` (9.0) |") in text
     assert "| eagle | 1 | 10 | 1.50 / 1.50 | 1.00 / 1.00 | 0 / 0.0 | – |" in text
+    assert "OpenMP intel." in text
     assert "| 2880 | 5 picture(s) of 336x336 px, 576 tokens each | 1 | 1.00 | 4.00 | 0.25 |" \
         in text
     by_part = {r["part"]: r for r in report["ratios_vispec_over_eagle"]}
@@ -130,3 +131,21 @@ def test_eagle_form_of_a_vispec_draft(tmp_path):
     save_file(state, vispec / "model.safetensors")
     with pytest.raises(ValueError, match="non-zero bias"):
         build_eagle_draft(vispec, target, tmp_path / "eagle2")
+
+
+def test_intel_openmp_is_detected_from_ld_preload(monkeypatch):
+    import draft_overhead
+    monkeypatch.setenv("LD_PRELOAD", "/x/lib/libiomp5.so")
+    assert draft_overhead.openmp_in_use() == "intel"
+    monkeypatch.setattr(draft_overhead.os, "execve", lambda *a: pytest.fail("re-ran"))
+    draft_overhead.reexec_with_intel_openmp([])  # already preloaded: no second run
+    monkeypatch.delenv("LD_PRELOAD")
+    assert draft_overhead.openmp_in_use() == "gnu"
+
+
+def test_model_folders_are_shown_relative_to_the_checkout():
+    from draft_overhead import shown
+    root = Path(__file__).resolve().parents[2]
+    assert shown(str(root / ".cache" / "t")) == str(Path(".cache") / "t")
+    assert shown("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
+    assert shown("/elsewhere/t") == "/elsewhere/t" and shown(None) is None
