@@ -83,7 +83,8 @@ def test_table_and_json(tmp_path):
             row("image_tokens", "vispec", 1, 3.0, 1.0, 0, 2880),
             row("image_tokens", "eagle", 1, 3.0, 4.0, 0, 2880)]
     report = {"target": "tiny:llava", "num_speculative_tokens": 3, "dtype": "float32",
-              "enforce_eager": True, "openmp": "intel", "rows": rows, "ratios_vispec_over_eagle": ratios(rows),
+              "enforce_eager": True, "openmp": "intel", "rows": rows,
+              "ratios_vispec_over_eagle": ratios(rows),
               "image_layouts": {"2880": "5 picture(s) of 336x336 px, 576 tokens each"}}
     text = table(report)
     assert ("| vispec | 1 | 10 | 3.00 / 3.00 | 2.00 / 2.00 | 26 / 13.0 | "

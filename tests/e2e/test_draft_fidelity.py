@@ -9,17 +9,20 @@ batch, and chunked prefill small enough to split images across steps.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from hf_target import image_spans, target_features
 from prompts import conversation_images, conversations
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from vllm_runs import greedy_params, offline_llm, vispec_config
 
 from vllm_vispec.model.checkpoint import read_draft
 from vllm_vispec.proposer import VispecProposer
 from vllm_vispec.reference import ReferenceDraft
 from vllm_vispec.tiny import tiny_draft
+from vllm_vispec.tiny.targets import RESIDUAL_SCALE
 
 NUM_SPEC = 3
 LOGIT_TOL = 1e-4  # fp32; same inputs, different summation order
@@ -86,9 +89,30 @@ class DraftRecorder:
         return embeds, hidden
 
 
-def draft_weights(kind: str):
-    dims, path = read_draft(tiny_draft(kind))
+def draft_weights(draft_dir):
+    dims, path = read_draft(draft_dir)
     return dims, {k: v.float() for k, v in load_file(path).items()}
+
+
+def draft_with_strong_paths(kind: str, out):
+    """The tiny draft with an ``img_fc`` that really mixes the global vector in (the
+    published initialisation, ``[I | 0]``, ignores it), biases on ``fc`` and ``img_fc``,
+    and its attention output at full scale (the tiny draft damps it, so that drafts get
+    accepted): any error in the global vector's or the attention's path shows in logits."""
+    src = tiny_draft(kind)
+    weights = load_file(src / "model.safetensors")
+    g = torch.Generator().manual_seed(7)
+    h = weights["img_fc.weight"].shape[0]
+    weights["img_fc.weight"][:, h:] = torch.randn(h, h, generator=g) * 0.05
+    weights["img_fc.bias"] = torch.randn(h, generator=g) * 0.05
+    weights["fc.bias"] = torch.randn(h, generator=g) * 0.05
+    weights["layers.0.self_attn.o_proj.weight"] /= RESIDUAL_SCALE
+    for name in ("q_proj", "k_proj"):  # peaked attention: every key read counts
+        weights[f"layers.0.self_attn.{name}.weight"] *= 8
+    out.mkdir()
+    shutil.copy(src / "config.json", out / "config.json")
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
 
 
 def request_key(req_id: str, outputs) -> int:
@@ -129,17 +153,31 @@ SCHEDULES = {  # name: (engine arguments, extra speculative-config keys)
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
 def test_draft_tokens_and_logits_match_the_reference(kind, schedule, monkeypatch):
+    check_against_reference(kind, schedule, tiny_draft(kind), monkeypatch)
+
+
+@pytest.mark.parametrize("schedule", ["whole-prefill", "chunked-prefill"])
+def test_strong_attention_and_image_vector_match_the_reference(schedule, monkeypatch,
+                                                               tmp_path):
+    # The global vector's path (img_fc, folded at load time into a per-image bias) and the
+    # attention with weights that make them count.
+    draft = draft_with_strong_paths("llava", tmp_path / "draft")
+    check_against_reference("llava", schedule, draft, monkeypatch, tol=1e-5)
+
+
+def check_against_reference(kind, schedule, draft_dir, monkeypatch, tol=LOGIT_TOL):
     rec = DraftRecorder(monkeypatch)
     convs = conversations()
     engine_args, spec_extra = SCHEDULES[schedule]
-    with offline_llm(kind, vispec_config(kind, NUM_SPEC, **spec_extra), **engine_args) as llm:
+    spec = vispec_config(kind, NUM_SPEC, **spec_extra, model=str(draft_dir))
+    with offline_llm(kind, spec, **engine_args) as llm:
         outputs = llm.chat(list(convs.values()), greedy_params(), use_tqdm=False)
         preemptions = sum(m.value for m in llm.get_metrics()
                           if m.name == "vllm:num_preemptions")
         target = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
         lm_head = target.get_language_model().lm_head.weight.float()
         embed = target.get_language_model().model.embed_tokens.weight.float()
-    dims, weights = draft_weights(kind)
+    dims, weights = draft_weights(draft_dir)
     names = list(convs)
 
     checked = {name: 0 for name in names}
@@ -157,10 +195,10 @@ def test_draft_tokens_and_logits_match_the_reference(kind, schedule, monkeypatch
         ref_logits = torch.stack(logits)[:steps]
         diff = (prop["logits"][:steps] - ref_logits).abs().max().item()
         worst = max(worst, diff)
-        assert diff <= LOGIT_TOL * max(1.0, ref_logits.abs().max().item()), (names[i], p, diff)
+        assert diff <= tol * max(1.0, ref_logits.abs().max().item()), (names[i], p, diff)
         for step in range(steps):
             top2 = ref_logits[step].topk(2).values
-            if (top2[0] - top2[1]).item() > 10 * LOGIT_TOL:  # not a near tie
+            if (top2[0] - top2[1]).item() > 10 * tol:  # not a near tie
                 assert prop["tokens"][step] == tokens[step], (names[i], p, step)
         checked[names[i]] += 1
     assert all(n >= 5 for n in checked.values()), checked

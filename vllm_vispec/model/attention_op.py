@@ -18,7 +18,6 @@ from vllm.forward_context import get_forward_context, is_forward_context_availab
 from vllm.utils.torch_utils import direct_register_custom_op
 
 from .. import kernel_dispatch
-from .kv_layout import BLOCK_HALVES
 from .compressed_attention import (CompressedAttentionMetadata, compressed_paged_attention,
                                    paged_kv_views, write_kv)
 
@@ -37,21 +36,6 @@ def step_metadata(layer_name: str) -> CompressedAttentionMetadata | None:
     return per_layer.get(layer_name)
 
 
-def store_kv(layer, key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tensor,
-             value: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """The new K/V at their slots: on the CPU backend through vLLM's own cache-write op
-    (its layout is ours there), elsewhere through write_kv."""
-    isa = getattr(layer, "isa", None)
-    if layer.kv_split == BLOCK_HALVES and isa is not None and key.device.type == "cpu":
-        num_blocks, heads, block_size, two_d = layer.kv_cache.shape
-        halves = layer.kv_cache.view(num_blocks, heads, 2 * block_size, two_d // 2)
-        key_half, value_half = halves.chunk(2, dim=2)
-        torch.ops._C.cpu_attn_reshape_and_cache(key, value, key_half, value_half,
-                                                slot_mapping, isa, 1.0, 1.0, "auto")
-        return
-    write_kv(key_cache, value_cache, key, value, slot_mapping)
-
-
 def draft_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     output: torch.Tensor, layer_name: str) -> None:
     """``query`` [T, heads, D], ``key``/``value`` [T, kv_heads, D] -> ``output`` [T, heads,
@@ -65,7 +49,7 @@ def draft_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     q, k, v = query[:n], key[:n], value[:n]
     key_cache, value_cache = paged_kv_views(layer.kv_cache, layer.kv_split)
     if meta.tree is None:
-        store_kv(layer, key_cache, value_cache, k, v, meta.slot_mapping)
+        write_kv(key_cache, value_cache, k, v, meta.slot_mapping)
         out = compressed_paged_attention(q, key_cache, value_cache, meta, layer.scale)
     else:
         tree = meta.tree
