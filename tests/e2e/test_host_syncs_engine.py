@@ -29,6 +29,6 @@ def test_no_host_device_sync_inside_draft_passes(kind, schedule):
         with HostSyncCounter(drafter) as counter:
             llm.chat(list(convs.values()), greedy_params(), use_tqdm=False)
     summary = counter.summary()
-    assert summary["steps"] >= 20  # the counted region ran: one entry per draft step
+    assert summary["steps"] >= 10  # the counted region ran: one entry per draft step
     assert all(s["forward_calls"] >= 1 for s in counter.steps)
     assert summary["syncs_max"] == 0, summary
