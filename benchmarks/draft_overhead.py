@@ -12,8 +12,8 @@ b. Draft forward time per step against image tokens per request, on random-weigh
    LLaVA targets whose pictures give that many tokens (2880: five 336-px pictures of 576).
 
 Each measurement is a counting run (every aten op goes through Python: syncs only, also the
-warm-up) followed by ``--repeats`` timing runs of the same requests. Prefix caching is off so both runs
-do the same work.
+warm-up) followed by ``--repeats`` timing runs of the same requests. Prefix caching is off so
+every run does the same work.
 
     python benchmarks/draft_overhead.py              # tiny LLaVA, 1.5 min on 2 CPU cores
     python benchmarks/draft_overhead.py --quick
