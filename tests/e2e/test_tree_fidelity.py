@@ -20,6 +20,7 @@ from vllm_runs import greedy_params, offline_llm, vispec_config
 
 from vllm_vispec.proposer import VispecProposer
 from vllm_vispec.reference import ReferenceDraft
+from vllm_vispec.tiny import tiny_draft
 from vllm_vispec.tree.dynamic_tree import TreeGrowth
 from vllm_vispec.tree.options import TreeOptions
 
@@ -183,7 +184,7 @@ def test_tree_node_logits_match_the_reference(kind, tree_name, monkeypatch):
         lm_head = target.get_language_model().lm_head.weight.float()
         embed = target.get_language_model().model.embed_tokens.weight.float()
     assert modes["tree"] > 0 and modes["chain"] == modes["off"] == 0, modes
-    dims, weights = draft_weights(kind)
+    dims, weights = draft_weights(tiny_draft(kind))
     names = list(convs)
     options = TreeOptions.parse(tree_config)
     k = options.top_k
