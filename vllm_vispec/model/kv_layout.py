@@ -10,7 +10,9 @@ the bytes it writes are where that backend would put them:
 - ``LAST_DIM`` (FlashAttention, FlashInfer, Triton attention):
   ``kv_cache.transpose(1, 2).split(head_dim, -1)``; any stride order.
 - ``BLOCK_HALVES`` (the CPU backend): ``kv_cache.view(B, H, 2 * N, D).chunk(2, 2)``, keys
-  then values per (block, head); needs each (block, head) stored as one run.
+  then values per (block, head); needs each (block, head) stored as one run. Inside its
+  key half vLLM's CPU cache-write op packs keys in an order of its own (per ISA); the draft
+  keeps them row by row, which only the draft reads, so it never calls that op.
 
 No vLLM imports: this is shape and stride logic on torch tensors alone.
 """
