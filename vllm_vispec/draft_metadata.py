@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from vllm.v1.utils import CpuGpuBuffer
 
 from .draft_plan import ImagePlan
 
@@ -58,7 +59,6 @@ class PlanUpload:
         self._buffer = None
 
     def upload(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
-        from vllm.v1.utils import CpuGpuBuffer
         sizes = [a.size for a in arrays]
         total = sum(sizes)
         if self._buffer is None or self._buffer.cpu.shape[0] < total:

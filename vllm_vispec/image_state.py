@@ -42,22 +42,6 @@ def image_slots(mm_features, num_q: int) -> list[ImageSlots]:
     return out
 
 
-def kept_intervals(images: list[ImageSlots], seq_len: int) -> list[tuple[int, int]]:
-    """Half-open intervals of positions ``[0, seq_len)`` that the draft attends to: all
-    but the dropped image slots."""
-    out, cursor = [], 0
-    for image in images:  # in prompt order, disjoint
-        d = image.dropped
-        if d.start >= seq_len:
-            break
-        if d.start > cursor:
-            out.append((cursor, d.start))
-        cursor = max(cursor, d.stop)
-    if cursor < seq_len:
-        out.append((cursor, seq_len))
-    return out
-
-
 class ImageStateStore:
     """Which row of the draft's image tables (model/image_tables.py) holds each image's
     summary: per request, and by image content (least recently used first) so that a

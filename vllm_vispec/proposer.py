@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from vllm.logger import init_logger
 from vllm.v1.spec_decode.eagle import EagleProposer
+from vllm.v1.utils import CpuGpuBuffer
 
 from .draft_metadata import (PlanUpload, StepImages, first_pass_positions, query_rows,
                              step_images, token_requests)
@@ -74,7 +75,6 @@ class VispecProposer(EagleProposer):
         self._first_hidden: torch.Tensor | None = None
         self.mode_counts = {"tree": 0, "chain": 0, "off": 0}  # drafting steps by mode
         self._target_kv: TargetKVCaches | None = None
-        from vllm.v1.utils import CpuGpuBuffer
         self._chunk_next_tokens = CpuGpuBuffer(vllm_config.scheduler_config.max_num_seqs,
                                                dtype=torch.int32, device=device)
 
@@ -167,22 +167,24 @@ class VispecProposer(EagleProposer):
             if req_images:
                 self._summarize(req_ids[r], req_images,
                                 int(seq_lens[r] - (qsl[r + 1] - qsl[r])), int(seq_lens[r]))
-        key = (tuple(req_ids), store.version, tuple(map(id, images)))
-        if key != self._plan_key:
+        def plan_key():
+            return tuple(req_ids), store.version, tuple(map(id, images))
+        if plan_key() != self._plan_key:
             rows = [[store.row(req_id, image.identifier) for image in req_images]
                     for req_id, req_images in zip(req_ids, images)]
             self._warn_if_missing(req_ids, images, rows, seq_lens)
             self._plan = plan_images(images, rows, draft.image_inputs.num_compressed,
                                      far=self.max_model_len)
-            self._plan_key = (tuple(req_ids), store.version, tuple(map(id, images)))
+            # After the lookups: a row adopted by content bumps the store's version.
+            self._plan_key = plan_key()
         bounds = np.minimum(seq_lens + passes, self.max_model_len)
         kept_len = max(int(kept_counts(self._plan, bounds).max(initial=0)), 1)
         self._step = step_images(self._plan, bounds, kept_len, cad.block_table_tensor,
                                  self.block_size, self.max_model_len, self._upload)
         self._step_tokens = num_tokens
-        self._step_max_query_len = max(int((qsl[1:] - qsl[:-1]).max(initial=1)), 1)
-        self._step_token_req = token_requests(cad.query_start_loc, num_reqs, num_tokens)
         query_lens = qsl[1:] - qsl[:-1]
+        self._step_max_query_len = max(int(query_lens.max(initial=1)), 1)
+        self._step_token_req = token_requests(cad.query_start_loc, num_reqs, num_tokens)
         dense = (num_tokens == qsl[-1] == num_reqs * self._step_max_query_len
                  and bool((query_lens == self._step_max_query_len).all()))
         self._step_query_rows = None if dense else query_rows(
@@ -303,8 +305,9 @@ class VispecProposer(EagleProposer):
         return next_token_ids, valid_count
 
     def initialize_cudagraph_keys(self, cudagraph_mode) -> None:
-        # The draft's attention is not a vLLM attention op yet, so vLLM's piecewise
-        # splitting cannot cut the graph around it: run the draft eagerly.
+        # The draft compiles, but its attention op is not among vLLM's piecewise
+        # splitting ops, so a captured graph would freeze one step's metadata: no CUDA
+        # graphs for the draft.
         from vllm.config import CUDAGraphMode
         super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
 
@@ -320,23 +323,17 @@ class VispecProposer(EagleProposer):
             return "chain"  # tree verification implements plain sampling only
         return mode
 
-    def _target_kv_caches(self) -> TargetKVCaches:
+    def _target_kv_lookup(self) -> TargetKVCaches:
+        # Lazy: the draft's layer names are known once vLLM has loaded the draft.
         if self._target_kv is None:
             self._target_kv = TargetKVCaches(self._draft_attn_layer_names)
         return self._target_kv
 
     def target_kv_group(self, runner) -> int:
-        return self._target_kv_caches().group(runner)
+        return self._target_kv_lookup().group(runner)
 
     def target_kv_caches(self, runner) -> list[tuple[torch.Tensor, str]]:
-        return self._target_kv_caches().caches(runner)
+        return self._target_kv_lookup().caches(runner)
 
     def _draft(self):
         return self.model.model
-
-    @staticmethod
-    def _token_positions(cad, num_tokens: int) -> torch.Tensor:
-        """1-D position of each of ``num_tokens`` scheduled tokens."""
-        token_req = token_requests(cad.query_start_loc, cad.num_reqs, num_tokens)
-        return first_pass_positions(cad.seq_lens, cad.query_start_loc, token_req,
-                                    cad.num_reqs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from prompts import conversations
 from vllm_runs import greedy_chat, offline_llm, spec_counters, vispec_config
 
+from vllm_vispec.host_syncs import drafter_of
+
 
 def test_compiled_draft_matches_no_speculation(baseline):
     expected = baseline("llava")
@@ -15,7 +17,7 @@ def test_compiled_draft_matches_no_speculation(baseline):
     with offline_llm("llava", vispec_config("llava", 3), enforce_eager=False) as llm:
         got = greedy_chat(llm, convs)
         counters = spec_counters(llm)
-        draft = llm.llm_engine.model_executor.driver_worker.worker.model_runner.drafter.model.model
+        draft = drafter_of(llm).model.model
         compiled = (not draft.do_not_compile, draft.compiled)
     assert compiled == (True, True), compiled
     for name in convs:

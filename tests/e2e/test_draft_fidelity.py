@@ -18,6 +18,7 @@ from prompts import conversation_images, conversations
 from safetensors.torch import load_file, save_file
 from vllm_runs import greedy_params, offline_llm, vispec_config
 
+from vllm_vispec.draft_metadata import first_pass_positions, token_requests
 from vllm_vispec.model.checkpoint import read_draft
 from vllm_vispec.proposer import VispecProposer
 from vllm_vispec.reference import ReferenceDraft
@@ -47,7 +48,9 @@ class DraftRecorder:
             sample_at = kw["token_indices_to_sample"]
             sample_at = (sample_at if sample_at is not None
                          else cad.query_start_loc[1:] - 1).long()
-            positions = proposer._token_positions(cad, n)
+            positions = first_pass_positions(
+                cad.seq_lens, cad.query_start_loc,
+                token_requests(cad.query_start_loc, cad.num_reqs, n), cad.num_reqs)
             qsl = cad.query_start_loc_cpu.tolist()
             req_ids = list(proposer.vispec_runner.input_batch.req_ids[:cad.num_reqs])
             proposer.recorded_logits = []

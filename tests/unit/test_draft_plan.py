@@ -14,7 +14,7 @@ from vllm_vispec.draft_metadata import (PlanUpload, first_pass_positions, query_
                                         step_images, token_requests)
 from vllm_vispec.draft_plan import (compressed_row, images_to_summarize, kept_counts,
                                     plan_images)
-from vllm_vispec.image_state import image_slots, kept_intervals
+from vllm_vispec.image_state import image_slots
 
 FAR = 4096
 BLOCK = 16
@@ -39,6 +39,31 @@ def random_batch(rng: random.Random, num_q: int):
         rows.append([rng.choice([0, 1 + len(rows) * 4 + i]) for i in range(len(slots))])
         seq_lens.append(cursor + rng.randint(1, 20))
     return images, rows, np.array(seq_lens, dtype=np.int64)
+
+
+def kept_intervals(images, seq_len: int) -> list[tuple[int, int]]:
+    """Half-open intervals of positions ``[0, seq_len)`` that the draft attends to: all
+    but the dropped image slots (the rule per request, that the batched arrays must
+    reproduce)."""
+    out, cursor = [], 0
+    for image in images:  # in prompt order, disjoint
+        d = image.dropped
+        if d.start >= seq_len:
+            break
+        if d.start > cursor:
+            out.append((cursor, d.start))
+        cursor = max(cursor, d.stop)
+    if cursor < seq_len:
+        out.append((cursor, seq_len))
+    return out
+
+
+def test_kept_intervals_skip_dropped_slots_only():
+    images = image_slots([feature(2, 4, "a"), feature(9, 3, "b")], num_q=2)
+    # a: slots 1..4, keeps 4; b: slots 8..10, keeps 10.
+    assert kept_intervals(images, 14) == [(0, 1), (4, 8), (10, 14)]
+    assert kept_intervals(images, 3) == [(0, 1)]
+    assert kept_intervals([], 5) == [(0, 5)]
 
 
 def expected_global_row(images, rows, position):

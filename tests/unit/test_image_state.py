@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from vllm_vispec.image_state import ImageStateStore, image_slots, kept_intervals
+from vllm_vispec.image_state import ImageStateStore, image_slots
 
 
 def feature(offset, length, identifier="img", modality="image"):
@@ -34,14 +34,6 @@ def test_image_at_the_start_clamps_its_first_slot():
 
 def test_videos_are_not_compressed():
     assert image_slots([feature(3, 8, modality="video")], num_q=2) == []
-
-
-def test_kept_intervals_skip_dropped_slots_only():
-    images = image_slots([feature(2, 4, "a"), feature(9, 3, "b")], num_q=2)
-    # a: slots 1..4, keeps 4; b: slots 8..10, keeps 10.
-    assert kept_intervals(images, 14) == [(0, 1), (4, 8), (10, 14)]
-    assert kept_intervals(images, 3) == [(0, 1)]
-    assert kept_intervals([], 5) == [(0, 5)]
 
 
 def test_store_finds_rows_by_content_and_frees_ended_requests():

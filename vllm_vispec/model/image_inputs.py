@@ -4,15 +4,18 @@ Two tables hold every summarised image (a row per image, given out by the propos
 ``ImageStateStore``): the fused feature's bias its global vector gives (feature_fusion.py),
 and its compressed tokens. Two per-token row buffers say, for the tokens of the next
 forward, which image bias each takes (row 0: no image yet, a zero global vector) and which
-compressed token replaces its input (row 0: none). The proposer fills the row buffers before each forward with batched tensor
-ops; the forward only gathers. Fixed addresses and shapes: nothing is handed to the model
-per call, so the forward can be compiled and captured.
+compressed token replaces its input (row 0: none). The proposer fills the row buffers
+before each forward with batched tensor ops; the forward only gathers. Fixed addresses and
+shapes: nothing is handed to the model per call, so the forward can be compiled (and
+captured in CUDA graphs, once vLLM splits the graph at the draft's attention op).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..draft_plan import compressed_row
 
 
 class ImageInputs(nn.Module):
@@ -45,7 +48,7 @@ class ImageInputs(nn.Module):
         self.image_biases[row] = image_bias.to(self.image_biases.dtype)
         n = self.num_compressed
         if n:
-            first = 1 + (row - 1) * n
+            first = compressed_row(row, 0, n)
             self.compressed_tokens[first:first + n] = compressed[:n].to(
                 self.compressed_tokens.dtype)
 
