@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from .model.checkpoint import prepare_draft
-from .tree.options import TreeOptions
+from .tree.options import SCHEDULE, TreeOptions, refuse_thresholds_with_schedule
 
 METHOD = "vispec"
 # Options of ours, beyond vLLM's speculative config fields.
@@ -51,9 +51,23 @@ def validate_options(spec: dict[str, Any]) -> None:
         raise ValueError(
             '"method": "vispec" needs "num_speculative_tokens", a positive integer '
             f"(got {n!r})")
+    schedule = spec.get(SCHEDULE)
+    if schedule is not None:
+        check_schedule(schedule)
     if "tree" in spec:
         TreeOptions.parse(spec["tree"])
+        refuse_thresholds_with_schedule(spec["tree"], schedule)
         check_tree_platform()
+
+
+def check_schedule(schedule: Any) -> None:
+    """vLLM's dynamic speculation schedule, checked by vLLM's own rules: vLLM checks it
+    only when its scheduler starts, deep inside the engine's start-up."""
+    from vllm.v1.spec_decode.dynamic.utils import validate_and_normalize_dynamic_sd_schedule
+    try:
+        validate_and_normalize_dynamic_sd_schedule(schedule)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'vispec: "{SCHEDULE}" {schedule!r}: {e}') from e
 
 
 def check_tree_platform() -> None:

@@ -25,6 +25,7 @@ from vllm.logger import init_logger
 from vllm.v1.spec_decode.eagle import EagleProposer
 from vllm.v1.utils import CpuGpuBuffer
 
+from .dp_coordination import without_dp_coordination
 from .draft_metadata import (PlanUpload, StepImages, first_pass_positions, query_rows,
                              step_images, token_requests)
 from .draft_plan import images_in_use, images_to_summarize, kept_counts, plan_images
@@ -83,6 +84,7 @@ class VispecProposer(EagleProposer):
         return self._draft_attn_layer_names
 
     # ---- per propose() call ---------------------------------------------------------------
+    @without_dp_coordination  # ranks drafting a tree, a chain or nothing never wait
     def propose(self, num_speculative_tokens, target_token_ids, target_positions,
                 target_hidden_states, next_token_ids, token_indices_to_sample,
                 common_attn_metadata, sampling_metadata, mm_embed_inputs=None,
@@ -98,7 +100,7 @@ class VispecProposer(EagleProposer):
                 src_t = torch.tensor(src, device=target_token_ids.device)
                 target_token_ids[dst_t] = target_token_ids[src_t].clone()
                 target_hidden_states[dst_t] = target_hidden_states[src_t].clone()
-        mode = self._drafting_mode(req_ids)
+        mode = self._drafting_mode(req_ids, num_speculative_tokens)
         self.mode_counts[mode] += 1
         if mode != "tree":
             if self.trees:
@@ -304,6 +306,20 @@ class VispecProposer(EagleProposer):
             next_token_ids = torch.where(fixed >= 0, fixed, next_token_ids)
         return next_token_ids, valid_count
 
+    @without_dp_coordination  # as propose(): idle ranks wait for no one either
+    def dummy_run(self, num_tokens, use_cudagraphs=True, is_graph_capturing=False,
+                  slot_mappings=None):
+        # vLLM's dummy passes follow num_speculative_tokens, which propose() leaves at the
+        # last step's K (1 after a tree's first pass); an idle step runs the most passes a
+        # step of this config drafts instead (not vLLM's K: a tree's node count).
+        self.num_speculative_tokens = self._most_draft_passes()
+        super().dummy_run(num_tokens, use_cudagraphs, is_graph_capturing, slot_mappings)
+
+    def _most_draft_passes(self) -> int:
+        if self.tree_options is None:
+            return self.chain_tokens
+        return max(self.chain_tokens, self.tree_options.expansions + 1)
+
     def initialize_cudagraph_keys(self, cudagraph_mode) -> None:
         # The draft compiles, but its attention op is not among vLLM's piecewise
         # splitting ops, so a captured graph would freeze one step's metadata: no CUDA
@@ -312,11 +328,18 @@ class VispecProposer(EagleProposer):
         super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
 
     # ---- trees ---------------------------------------------------------------------------
-    def _drafting_mode(self, req_ids) -> str:
-        """"tree", "chain" or "off" for this step."""
+    def _drafting_mode(self, req_ids, num_speculative_tokens: int) -> str:
+        """"tree", "chain" or "off" for this step. ``num_speculative_tokens`` is the K
+        vLLM's scheduler gave the step: its dynamic schedule's where one is set, which
+        then decides (tree/options.py), else the configured maximum."""
+        if num_speculative_tokens == 0:
+            return "off"
         if self.tree_options is None:
             return "chain"
-        mode = self.tree_options.mode(len(req_ids))
+        if self.speculative_config.uses_dynamic_speculative_decoding():
+            mode = self.tree_options.mode_for_tokens(num_speculative_tokens)
+        else:
+            mode = self.tree_options.mode(len(req_ids))
         if mode == "tree" and not plain_sampling(
                 self.vispec_runner.input_batch.sampling_metadata,
                 [self.vispec_runner.requests[r] for r in req_ids]):

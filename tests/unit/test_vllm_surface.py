@@ -66,8 +66,9 @@ SURFACE = {
         "speculative_config", "spec_method", "spec_model", "spec_tokens"),
     "vllm.config.speculative:SpeculativeConfig": attrs(
         "method", "model", "num_speculative_tokens", "draft_model_config",
-        "parallel_drafting", "kv_cache_dtype"),
-    "vllm.config.parallel:ParallelConfig": attrs("pipeline_parallel_size"),
+        "parallel_drafting", "kv_cache_dtype", "num_speculative_tokens_per_batch_size"),
+    "vllm.config.parallel:ParallelConfig": attrs("pipeline_parallel_size",
+                                                 "data_parallel_size"),
     "vllm.config.model:ModelConfig": attrs("model", "max_model_len", "hf_config"),
     "vllm.config.model:ModelConfig.get_hidden_size": ("self",),
     "vllm.config.model:ModelConfig.get_vocab_size": ("self",),
@@ -138,7 +139,15 @@ SURFACE = {
         ("self", "common_attn_metadata", "draft_index"),
     f"{EAGLE}.build_model_inputs_first_pass":
         ("self", "num_tokens", "num_input_tokens", "mm_embed_inputs"),
-    EAGLE: attrs("num_speculative_tokens", "model", "positions", "_draft_attn_layer_names"),
+    f"{EAGLE}.dummy_run":
+        ("self", "num_tokens", "use_cudagraphs", "is_graph_capturing", "slot_mappings"),
+    EAGLE: attrs("num_speculative_tokens", "model", "positions", "_draft_attn_layer_names",
+                 "speculative_config", "vllm_config"),
+    # ---- vLLM's dynamic speculation schedule and DP coordination (the drafting knobs) ----
+    "vllm.config.speculative:SpeculativeConfig.uses_dynamic_speculative_decoding": ("self",),
+    "vllm.v1.spec_decode.dynamic.utils:validate_and_normalize_dynamic_sd_schedule":
+        ("num_speculative_tokens_per_batch_size",),
+    "vllm.v1.worker.dp_utils:skip_dp_coordination": (),
     # ---- the draft model's vLLM layers (model/) ----------------------------------------
     "vllm.model_executor.layers.vocab_parallel_embedding:VocabParallelEmbedding.__init__":
         ("self", "num_embeddings", "embedding_dim", "params_dtype", "org_num_embeddings",

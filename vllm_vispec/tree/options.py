@@ -9,6 +9,26 @@ verified with it. Without ``"tree"`` vispec drafts a chain of ``num_speculative_
 A tree costs the target ``total_tokens`` verified tokens per request, so under load it
 stops paying: above ``chain_above_batch`` running requests the step drafts a chain, above
 ``off_above_batch`` nothing.
+
+vLLM's own knob for this is its dynamic speculation schedule,
+``"num_speculative_tokens_per_batch_size": [[lo, hi, K], ...]`` in the speculative config:
+its scheduler looks up each step's ``K`` by the step's batch size, caps it at vLLM's
+``num_speculative_tokens`` (for a tree config the tree's node count
+``N = total_tokens - 1``, or the chain length where that is longer) and hands it to the
+drafter. Where a schedule is set, it decides (:meth:`TreeOptions.mode_for_tokens`):
+``K >= N`` drafts the tree, ``0 < K < N`` a chain of ``min(K, chain length)``, ``K = 0``
+nothing. The two thresholds are that schedule written short; with a chain length ``c``
+below ``N`` they equal
+
+    [[1, chain_above_batch, N],
+     [chain_above_batch + 1, off_above_batch, c],
+     [off_above_batch + 1, max_num_seqs, 0]]
+
+(empty ranges left out). Giving the thresholds as well as a schedule is refused
+(:func:`refuse_thresholds_with_schedule`): they would be two answers to one question.
+vLLM drops the schedule under data parallelism (with a warning); the thresholds, at their
+defaults, then decide. With a schedule vLLM also runs the target's full CUDA graphs
+piecewise (the verified length changes at run time).
 """
 
 from __future__ import annotations
@@ -82,5 +102,28 @@ class TreeOptions:
             return "off"
         return "tree" if batch_size <= self.chain_above_batch else "chain"
 
+    def mode_for_tokens(self, num_speculative_tokens: int) -> str:
+        """"tree", "chain" or "off" for a step whose scheduled K (vLLM's dynamic schedule)
+        is ``num_speculative_tokens``: a tree needs room for all its nodes."""
+        if num_speculative_tokens >= self.num_nodes:
+            return "tree"
+        return "chain" if num_speculative_tokens > 0 else "off"
+
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+THRESHOLDS = ("chain_above_batch", "off_above_batch")
+SCHEDULE = "num_speculative_tokens_per_batch_size"
+
+
+def refuse_thresholds_with_schedule(tree: dict[str, Any], schedule: Any) -> None:
+    """``tree`` as the user gave it; ``schedule``: vLLM's dynamic speculation schedule, or
+    None. Both say when to draft a tree, a chain or nothing: only one may be given."""
+    given = [name for name in THRESHOLDS if name in tree]
+    if schedule is not None and given:
+        raise ValueError(
+            f'vispec "tree" options {given} and "{SCHEDULE}" both decide when a step '
+            f'drafts a tree, a chain or nothing; give one of them (a schedule entry '
+            f"[lo, hi, K] drafts the tree where K >= total_tokens - 1, a chain of "
+            f"min(K, num_speculative_tokens) where 0 < K < that, nothing where K = 0)")
