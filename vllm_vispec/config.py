@@ -71,13 +71,17 @@ def check_schedule(schedule: Any) -> None:
 
 
 def check_tree_platform() -> None:
-    """Trees are verified by a patch of vLLM's CPU attention backend only, for now: on any
-    other backend their rows would be attended causally, and the output would change."""
+    """Trees are verified by patches of vLLM's CPU attention backend and of the CUDA
+    backends FlashAttention, FlashInfer and Triton attention (the target's layers are
+    checked at start-up, tree/target_kv.py); on any other platform their rows would be
+    attended causally, and the output would change."""
     from vllm.platforms import current_platform
-    if not current_platform.is_cpu():
+    if not (current_platform.is_cpu() or current_platform.is_cuda()):
         raise ValueError(
-            'vispec "tree" is supported on vLLM\'s CPU backend only for now (tree '
-            "verification patches the CPU attention backend); drop \"tree\" to draft chains")
+            'vispec "tree" is supported on vLLM\'s CPU and CUDA builds only (tree '
+            "verification patches their attention backends: CPU_ATTN, FLASH_ATTN, "
+            f"FLASHINFER, TRITON_ATTN), not on {current_platform.device_name}; drop "
+            '"tree" to draft chains')
 
 
 def check_parallelism(parallel_config: Any) -> None:

@@ -35,7 +35,7 @@ from .model.hf_config import drafting_from_hf_config
 from .tree.dynamic_tree import DraftTree
 from .tree.growth import grow_trees
 from .tree.options import TreeOptions
-from .tree.target_kv import TargetKVCaches
+from .tree.target_kv import TargetKVCaches, check_tree_targets
 from .tree.target_step import TreeStep, plain_sampling
 
 logger = init_logger(__name__)
@@ -59,6 +59,13 @@ class VispecProposer(EagleProposer):
                 "steps draft fewer tokens than the scheduler reserves): start vLLM with "
                 "--no-async-scheduling (LLM(..., async_scheduling=False)), or drop \"tree\" "
                 "to draft chains, which do run with async scheduling.")
+        if self.tree_options is not None and \
+                vllm_config.speculative_config.disable_padded_drafter_batch:
+            # Without the padded batch vLLM gathers the accepted rows before propose(),
+            # from the sequential rows, not the accepted tree nodes' rows.
+            raise ValueError(
+                'vispec "tree" needs vLLM\'s padded drafter batch: drop '
+                '"disable_padded_drafter_batch" from the speculative config, or drop "tree"')
         self.image_store: ImageStateStore | None = None  # once the draft is loaded
         self._request_images: dict[str, tuple[int, list[ImageSlots]]] = {}
         self._plan_key = None
@@ -94,12 +101,11 @@ class VispecProposer(EagleProposer):
         step, self.accepted_step = self.accepted_step, None
         if step is not None:
             # Lay each accepted tree path right after its root, as for a chain.
-            dst, src = step.chain_rows()
-            if dst:
-                dst_t = torch.tensor(dst, device=target_token_ids.device)
-                src_t = torch.tensor(src, device=target_token_ids.device)
-                target_token_ids[dst_t] = target_token_ids[src_t].clone()
-                target_hidden_states[dst_t] = target_hidden_states[src_t].clone()
+            # The rows of the target's step: the drafter batch is padded (the unpadded one
+            # is refused with trees), so its rows are the step's.
+            dst, src = step.chain_moves()
+            target_token_ids[dst] = target_token_ids[src].clone()
+            target_hidden_states[dst] = target_hidden_states[src].clone()
         mode = self._drafting_mode(req_ids, num_speculative_tokens)
         self.mode_counts[mode] += 1
         if mode != "tree":
@@ -355,8 +361,15 @@ class VispecProposer(EagleProposer):
     def target_kv_group(self, runner) -> int:
         return self._target_kv_lookup().group(runner)
 
-    def target_kv_caches(self, runner) -> list[tuple[torch.Tensor, str]]:
-        return self._target_kv_lookup().caches(runner)
+    def target_kv_views(self, runner) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self._target_kv_lookup().views(runner)
+
+    def load_model(self, target_model) -> None:
+        super().load_model(target_model)
+        if self.tree_options is not None:
+            # At start-up, not at the first tree step: a backend the patches do not
+            # cover would attend tree rows causally and change the output.
+            check_tree_targets(self._target_kv_lookup().target_layers(self.vispec_runner))
 
     def _draft(self):
         return self.model.model

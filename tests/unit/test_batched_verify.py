@@ -1,7 +1,7 @@
 """Batched tree verification on tensors against the host references: ``verify_tree`` for
-the walk (greedy and with fixed draws), ``TreeStep.verify`` / ``chain_rows`` /
-``set_positions`` for the step's outputs, vLLM's top-k/top-p and sampler for the draws, and
-no host reads outside ``TreeBatch.from_trees``."""
+the walk (greedy and with fixed draws) and for ``TreeStep.verify``, the host chain rule
+for the moves, root + depth for node positions, vLLM's top-k/top-p and sampler for the
+draws, and no host reads outside ``TreeBatch.from_trees``."""
 
 from __future__ import annotations
 
@@ -176,29 +176,43 @@ def test_sampled_walk_equals_verify_tree_fed_the_same_draws():
         assert draws[r, :rows.stop - rows.start].tolist() == logits[rows].argmax(-1).tolist()
 
 
-def test_greedy_step_equals_tree_step_verify_and_its_chain_rows():
+def host_chain_rows(root_rows, accepted_lists):
+    """The host rule, row by row: node ``i`` sits at row ``root + i + 1`` and its place on
+    the chain at depth ``d`` is row ``root + d``."""
+    dst, src = [], []
+    for root, accepted in zip(root_rows, accepted_lists):
+        for depth, node in enumerate(accepted, start=1):
+            if node + 1 != depth:
+                dst.append(root + depth)
+                src.append(root + node + 1)
+    return dst, src
+
+
+def test_greedy_tree_step_equals_verify_tree_and_the_host_chain_rule():
     trees = random_trees(11)
     step, root_rows = tree_step(trees)
     logits = steering_logits(trees, 11)
     meta = SimpleNamespace(temperature=None, top_k=None, top_p=None, generators={})
     max_spec_len = max(len(t) for t in trees if t is not None)
-    want = step.verify(logits, meta, max_spec_len)
+    sampled = step.verify(logits, meta, max_spec_len)
 
-    batch = TreeBatch.from_trees(trees, "cpu", root_rows=root_rows)
-    walk = walk_trees(batch, target_draws(logits, batch, meta.temperature),
-                      max_spec_len + 1)
-    assert torch.equal(walk.sampled, want)
+    argmax = logits.argmax(-1).tolist()
+    first = step.batch.first_row.tolist()
+    verdicts = reference_verdicts(trees, lambda r: lambda i: argmax[first[r] + i])
+    width = max_spec_len + 1
+    assert sampled.tolist() == [v.tokens + [-1] * (width - len(v.tokens)) for v in verdicts]
 
     # The accepted paths laid out as chains: the host rule row by row, and the moves.
     x = torch.randn(step.num_tokens, 3)
     expected = x.clone()
-    for d, s in zip(*step.chain_rows()):
-        expected[d] = expected[s].clone()
-    dst, src = chain_moves(walk.accepted, batch.root_rows)
-    assert dst.shape == (len(trees) * batch.max_depth,)
+    host_dst, host_src = host_chain_rows(root_rows, [v.accepted_nodes for v in verdicts])
+    assert host_dst  # something moved
+    for d, src_row in zip(host_dst, host_src):
+        expected[d] = expected[src_row].clone()
+    dst, src = step.chain_moves()
+    assert dst.shape == (len(trees) * step.batch.max_depth,)
     x[dst] = x[src].clone()
     assert torch.equal(x, expected)
-    assert step.chain_rows()[0]  # something moved
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -216,10 +230,8 @@ def test_chain_moves_write_each_row_once(seed):
     assert len(targets) == len(set(targets))  # no row gets two values
     assert not identity & set(targets)  # a self-copy never races a real move
     # Same result as the host rule.
-    for req in step.requests:
-        req.verdict = SimpleNamespace(
-            accepted_nodes=[n for n in walk.accepted[req.index].tolist() if n >= 0])
-    assert sorted(moves) == sorted(zip(*step.chain_rows()))
+    accepted = [[n for n in row if n >= 0] for row in walk.accepted.tolist()]
+    assert sorted(moves) == sorted(zip(*host_chain_rows(root_rows, accepted)))
 
 
 def test_padding_never_matches():
@@ -257,11 +269,15 @@ def test_depths_and_position_shifts_equal_the_host_rule(seed):
         n = len(tree) if tree is not None else 0
         want = (tree.depths() if n else []) + [0] * (batch.max_nodes - n)
         assert depths[r].tolist() == want
+    # The host rule: node i of a tree (row root + 1 + i) sits at root + depth(i).
     positions = torch.arange(step.num_tokens) + 1000
     want = positions.clone()
-    step.set_positions(want)
-    got = positions - position_shifts(batch, step.num_tokens)
-    assert torch.equal(got, want)
+    for root, tree in zip(root_rows, trees):
+        for i, depth in enumerate(tree.depths() if tree is not None else []):
+            want[root + 1 + i] = positions[root] + depth
+    assert torch.equal(positions - position_shifts(batch, step.num_tokens), want)
+    step.set_positions(positions)  # the step applies exactly these shifts
+    assert torch.equal(positions, want)
 
 
 # ---- the draws ----------------------------------------------------------------------------

@@ -46,14 +46,17 @@ def test_model_runner_v2_is_refused(monkeypatch):
     check_model_runner()
 
 
-def test_trees_are_checked_and_cpu_only(monkeypatch):
+def test_trees_are_checked_and_run_on_cpu_and_cuda_only(monkeypatch):
     spec = {"method": "vispec", "model": "x", "num_speculative_tokens": 2}
     validate_options({**spec, "tree": {"depth": 2, "top_k": 4, "total_tokens": 11}})
     with pytest.raises(ValueError, match="unknown vispec \"tree\" option"):
         validate_options({**spec, "tree": {"width": 4}})
     from vllm.platforms import current_platform
     monkeypatch.setattr(type(current_platform), "is_cpu", lambda self: False)
-    with pytest.raises(ValueError, match="CPU backend only"):
+    monkeypatch.setattr(type(current_platform), "is_cuda", lambda self: True)
+    validate_options({**spec, "tree": {"depth": 3}})  # CUDA: the backends are checked later
+    monkeypatch.setattr(type(current_platform), "is_cuda", lambda self: False)
+    with pytest.raises(ValueError, match="CPU and CUDA builds only"):
         validate_options({**spec, "tree": {"depth": 3}})
 
 

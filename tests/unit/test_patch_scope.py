@@ -66,7 +66,7 @@ def no_tree_step_in_flight():
 # ---- runner-level patches ---------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["tree_positions", "tree_sampler", "zero_draft_sampling",
-                                  "vispec_sampling_scope"])
+                                  "vispec_sampling_scope", "tree_steps_outside_full_graphs"])
 def test_runner_patches_pass_through_without_vispec(name):
     original = Recorder()
     plain = runner(vispec=False)
@@ -123,17 +123,19 @@ def attention_impl():
                            logits_soft_cap=None, sinks=None, scale=1.0)
 
 
-def test_tree_attention_acts_only_on_the_layers_of_the_engine_in_a_tree_step():
+@pytest.mark.parametrize("name", ["tree_attention_cpu", "tree_attention_flash_attn",
+                                  "tree_attention_flashinfer", "tree_attention_triton_attn"])
+def test_tree_attention_acts_only_on_the_layers_of_the_engine_in_a_tree_step(name):
     ours = SimpleNamespace(layer_name="model.layers.0.attn", isa="vec")
     other_engines = SimpleNamespace(layer_name="model.layers.0.attn", isa="vec")
     step = FakeStep()
-    forward = wrapped("tree_attention_cpu", Recorder())
+    forward = wrapped(name, Recorder())
     args = ("q", "k", "v", "kv_cache", "attn_metadata", "output")
 
     assert forward(attention_impl(), ours, *args) is not None  # no step: vLLM's only
     tree_verification._set_active(step, {ours.layer_name: ours})
     original = Recorder()
-    result = wrapped("tree_attention_cpu", original)(attention_impl(), other_engines, *args)
+    result = wrapped(name, original)(attention_impl(), other_engines, *args)
     assert result is original.result and step.attended == 0
     forward(attention_impl(), ours, *args)
     assert step.attended == 1

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vllm_vispec.tree.dynamic_tree import DraftTree
-from vllm_vispec.tree.target_step import TreeStep, cpu_target_kv_views
+from vllm_vispec.tree.target_kv import cpu_target_kv_views
+from vllm_vispec.tree.target_step import TreeStep
 
 
 @pytest.mark.parametrize("isa,block_size,dtype", [("vec", 32, torch.float32),
@@ -50,8 +51,8 @@ def two_request_step():
 
 def test_build_and_positions():
     step, positions = two_request_step()
-    assert [(r.index, r.root_row, r.logits_row, r.base) for r in step.requests] == [
-        (1, 3, 1, 40), (2, 8, 6, 7)]
+    assert [(r.index, r.root_row, r.logits_row) for r in step.requests] == [
+        (1, 3, 1), (2, 8, 6)]
     step.set_positions(positions)
     # Tree nodes at root + depth; the chain keeps its sequential positions.
     assert positions.tolist() == [0, 1, 2, 40, 41, 41, 42, 43, 7, 8, 9]
@@ -72,20 +73,27 @@ def test_greedy_verification_and_chain_layout():
     out = step.verify(logits, meta, max_spec_len=4)
     assert out.tolist() == [[5, -1, -1, -1, -1], [12, 30, -1, -1, -1], [21, 3, -1, -1, -1]]
     # b's node 1 (step row 5) is accepted at depth 1 (row 4); c's node 0 is in place.
-    assert step.chain_rows() == ([4], [5])
+    rows = torch.arange(11)
+    dst, src = step.chain_moves()
+    rows[dst] = rows[src].clone()
+    assert rows.tolist() == [0, 1, 2, 3, 5, 5, 6, 7, 8, 9, 10]
 
 
 def test_move_kv_copies_accepted_slots():
     step, _ = two_request_step()
-    step.requests[0].verdict = SimpleNamespace(accepted_nodes=[0, 2, 3])
-    step.requests[1].verdict = SimpleNamespace(accepted_nodes=[0])
-    assert step.chain_rows() == ([5, 6], [6, 7])
+    # Accepted: b's nodes 0, 2, 3 (rows 4, 6, 7), c's node 0; a has no tree.
+    step.walk = SimpleNamespace(accepted=torch.tensor([[-1, -1, -1], [0, 2, 3],
+                                                       [0, -1, -1]]))
+    rows = torch.arange(11)
+    dst, src = step.chain_moves()
+    rows[dst] = rows[src].clone()
+    assert rows.tolist() == [0, 1, 2, 3, 4, 6, 7, 7, 8, 9, 10]
     blocks, heads, block_size, head_dim = 8, 1, 16, 64
     cache = torch.randn(blocks, heads, block_size, 2 * head_dim)
     keys, values = cpu_target_kv_views(cache, "vec16")
     step.slot_mapping = torch.tensor([0, 1, 2, 17, 18, 19, 20, 21, 40, 41, 42])
     want_k = keys[1, [4, 5]].clone()  # slots 20, 21: nodes 2 and 3
-    step.move_kv([(cache, "vec16")])
+    step.move_kv([cpu_target_kv_views(cache, "vec16")])
     assert torch.equal(keys[1, [3, 4]], want_k)
 
 

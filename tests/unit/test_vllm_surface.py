@@ -19,6 +19,8 @@ import importlib
 import inspect
 import textwrap
 
+from test_kv_layout import backend_class
+
 from vllm_vispec import plugin
 from vllm_vispec.patches import PATCHES
 from vllm_vispec.patches.registry import MARKER
@@ -47,6 +49,16 @@ SURFACE = {
         ("self", "layer", "query", "key", "value", "kv_cache", "attn_metadata", "output",
          "output_scale", "output_block_scale"),
     f"{RUNNER}._sample": ("self", "logits", "spec_decode_metadata"),
+    **{f"vllm.v1.attention.backends.{impl}.forward":
+       ("self", "layer", "query", "key", "value", "kv_cache", "attn_metadata", "output",
+        "output_scale", "output_block_scale")
+       for impl in ("flash_attn:FlashAttentionImpl", "flashinfer:FlashInferImpl",
+                    "triton_attn:TritonAttentionImpl")},
+    f"{RUNNER}._determine_batch_execution_and_padding":
+        ("self", "num_tokens", "num_reqs", "num_scheduled_tokens_np",
+         "max_num_scheduled_tokens", "use_cascade_attn", "allow_microbatching",
+         "force_eager", "force_uniform_decode", "force_has_lora", "force_num_active_loras",
+         "num_encoder_reqs"),
     "vllm.v1.sample.rejection_sampler:expand_batch_to_tokens":
         ("x", "cu_num_tokens", "num_tokens", "replace_from", "replace_to"),
     "vllm.renderers.base:processor_cache_from_config": ("vllm_config",),
@@ -55,6 +67,19 @@ SURFACE = {
     "vllm.v1.engine.core_client:SyncMPClient._send_input": ("self", "request_type", "request"),
     "vllm.v1.engine.core_client:InprocClient.add_request": ("self", "request"),
     # ---- vLLM code the patches rely on --------------------------------------------------
+    "vllm.v1.cudagraph_dispatcher:CudagraphDispatcher.dispatch":
+        ("self", "num_tokens", "uniform_decode", "has_lora", "num_active_loras",
+         "valid_modes", "invalid_modes"),
+    # What tree verification reads of the target's attention layers and their backends.
+    **{f"vllm.v1.attention.backends.{impl}": attrs(
+        "scale", "sliding_window", "alibi_slopes", "logits_soft_cap", "sinks",
+        "kv_cache_dtype", *(() if impl.startswith("flashinfer") else ("attn_type",)))
+       for impl in ("flash_attn:FlashAttentionImpl", "flashinfer:FlashInferImpl",
+                    "triton_attn:TritonAttentionImpl", "cpu_attn:CPUAttentionBackendImpl")},
+    "vllm.model_executor.layers.attention.attention:Attention": attrs(
+        "get_attn_backend", "impl", "kv_cache", "attn_type", "layer_name"),
+    f"{RUNNER}": attrs("cudagraph_dispatcher", "positions", "mrope_positions",
+                       "uses_mrope"),
     "vllm.config.vllm:VllmConfig._validate_v2_model_runner": ("self",),
     "vllm.config.vllm:VllmConfig": attrs(
         "use_v2_model_runner", "speculative_config", "attention_config", "watermark_config",
@@ -66,7 +91,8 @@ SURFACE = {
         "speculative_config", "spec_method", "spec_model", "spec_tokens"),
     "vllm.config.speculative:SpeculativeConfig": attrs(
         "method", "model", "num_speculative_tokens", "draft_model_config",
-        "parallel_drafting", "kv_cache_dtype", "num_speculative_tokens_per_batch_size"),
+        "parallel_drafting", "kv_cache_dtype", "num_speculative_tokens_per_batch_size",
+        "disable_padded_drafter_batch"),
     "vllm.config.parallel:ParallelConfig": attrs("pipeline_parallel_size",
                                                  "data_parallel_size"),
     "vllm.config.model:ModelConfig": attrs("model", "max_model_len", "hf_config"),
@@ -141,6 +167,7 @@ SURFACE = {
         ("self", "num_tokens", "num_input_tokens", "mm_embed_inputs"),
     f"{EAGLE}.dummy_run":
         ("self", "num_tokens", "use_cudagraphs", "is_graph_capturing", "slot_mappings"),
+    f"{EAGLE}.load_model": ("self", "target_model"),
     EAGLE: attrs("num_speculative_tokens", "model", "positions", "_draft_attn_layer_names",
                  "speculative_config", "vllm_config"),
     # ---- vLLM's dynamic speculation schedule and DP coordination (the drafting knobs) ----
@@ -272,7 +299,8 @@ def surface_problems(surface: dict) -> list[str]:
     return problems
 
 
-def test_the_vllm_surface_is_where_the_plugin_expects_it():
+def test_the_vllm_surface_is_where_the_plugin_expects_it(monkeypatch):
+    backend_class("FLASHINFER", monkeypatch)  # its module needs the flashinfer package
     plugin.register()  # the patches' wrappers must not hide what vLLM's originals look like
     problems = surface_problems(SURFACE)
     assert not problems, (

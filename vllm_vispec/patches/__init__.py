@@ -11,6 +11,8 @@ version guard is applied (see plugin.register).
 | vispec_proposer | EagleProposer.__new__ | all | vllm-project/vllm#36219 | vLLM lets a plugin provide the proposer of a method |
 | tree_positions | GPUModelRunner._prepare_inputs | all | vllm-project/vllm#42121 | vLLM verifies speculative trees again |
 | tree_attention_cpu | CPUAttentionBackendImpl.forward | cpu | vllm-project/vllm#42121 | vLLM verifies speculative trees again |
+| tree_attention_flash_attn / _flashinfer / _triton_attn | FlashAttentionImpl / FlashInferImpl / TritonAttentionImpl .forward | cuda (FlashInfer's only where its package imports) | vllm-project/vllm#42121 | vLLM verifies speculative trees again |
+| tree_steps_outside_full_graphs | GPUModelRunner._determine_batch_execution_and_padding | all | vllm-project/vllm#42121 | vLLM verifies speculative trees again |
 | tree_sampler | GPUModelRunner._sample | all | vllm-project/vllm#42121 | vLLM verifies speculative trees again |
 | zero_draft_sampling | GPUModelRunner._sample (around tree_sampler) | all | none filed (vllm-project/vllm-gaudi#593) | vLLM's runner skips rejection sampling without drafts |
 | vispec_sampling_scope | GPUModelRunner._sample (around zero_draft_sampling) | cpu | vllm-project/vllm#55005 | cpu_expand_batch_to_tokens goes |
@@ -37,8 +39,13 @@ def apply_all() -> None:
     """Applies every patch that applies on this platform (in order: a patch that wraps
     another comes after it)."""
     for patch in PATCHES:
-        if patch.applies_here():
+        if not patch.applies_here():
+            continue
+        try:
             patch.apply()
+        except ImportError:
+            if not patch.optional:
+                raise
 
 
 def apply_version_guard(reason: str) -> None:

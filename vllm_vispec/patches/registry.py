@@ -30,6 +30,9 @@ class Patch:
     # A vLLM platform ("cpu": current_platform.is_cpu()) outside which the patch is not
     # applied; None: every platform.
     platform: str | None = None
+    # Skipped when its target module cannot be imported (a backend whose package is not
+    # installed: nothing then runs the code it would patch).
+    optional: bool = False
     # The name of a patch of ours on the same target that this one may wrap (applied
     # after it); any other patch already there is refused.
     wraps: str | None = None
@@ -49,7 +52,12 @@ class Patch:
         return bool(getattr(current_platform, f"is_{self.platform}")())
 
     def is_applied(self) -> bool:
-        owner, attr = self.owner_and_attr()
+        try:
+            owner, attr = self.owner_and_attr()
+        except ImportError:
+            if self.optional:  # its module cannot be imported here: nothing to patch
+                return False
+            raise
         return self.name in applied_patches(getattr(owner, attr))
 
     def apply(self) -> None:

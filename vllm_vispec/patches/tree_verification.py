@@ -1,10 +1,12 @@
-"""Patches: tree verification in vLLM's classic runner on the CPU backend (see
-tree/target_step.py for the step itself). All three act only in steps that verify a
-branching vispec tree; every other step, and every engine without vispec, runs vLLM's code
-unchanged."""
+"""Patches: tree verification in vLLM's classic runner (see tree/target_step.py for the
+step itself), on the CPU backend and on the CUDA backends vLLM picks for LLaVA and
+Qwen2.5-VL targets (FlashAttention, FlashInfer, Triton attention). Each acts only in steps
+that verify a branching vispec tree; every other step, and every engine without vispec,
+runs vLLM's code unchanged."""
 
 from __future__ import annotations
 
+from ..tree.target_kv import unsupported_tree_attention
 from .engine_scope import is_vispec_runner
 from .registry import Patch
 
@@ -60,22 +62,51 @@ def _wrap_prepare_inputs(original):
     return _prepare_inputs
 
 
-def _wrap_attention_forward(original):
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
-                *args, **kwargs):
-        out = original(self, layer, query, key, value, kv_cache, attn_metadata, output,
-                       *args, **kwargs)
+def _wrap_attention_forward(backend: str):
+    def make_wrapper(original):
+        def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                    *args, **kwargs):
+            out = original(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                           *args, **kwargs)
+            step = _ACTIVE["step"]
+            # FlashInfer's impl is decoder-only and keeps no attn_type.
+            if step is not None and attn_metadata is not None \
+                    and getattr(self, "attn_type", "decoder") == "decoder" \
+                    and _in_active_step(layer):
+                why = unsupported_tree_attention(self)
+                if why is not None:  # refused at start-up; a layer changed since
+                    raise NotImplementedError(
+                        f"vispec tree verification supports plain causal attention over "
+                        f"an unquantized KV cache, not {why}")
+                step.attend(query, key, value, kv_cache, backend, getattr(layer, "isa", None),
+                            self.scale, output)
+            return out
+        return forward
+    return make_wrapper
+
+
+def _wrap_batch_execution(original):
+    """Tree steps never replay a FULL CUDA graph: a replay skips the Python of the
+    tree-attention patch (and FlashAttention 3 reports full-graph support, so uniform
+    verify batches would replay one). PIECEWISE graphs run attention eagerly."""
+    def _determine_batch_execution_and_padding(self, *args, **kwargs):
         step = _ACTIVE["step"]
-        if step is not None and attn_metadata is not None and self.attn_type == "decoder" \
-                and _in_active_step(layer):
-            if self.sliding_window not in (None, -1) or self.alibi_slopes is not None \
-                    or self.logits_soft_cap or self.sinks is not None:
-                raise NotImplementedError(
-                    "vispec tree verification supports plain causal attention only "
-                    "(no sliding window, ALiBi, soft-capping or sinks)")
-            step.attend(query, key, value, kv_cache, layer.isa, self.scale, output)
-        return out
-    return forward
+        if step is None or getattr(self, "_vispec_tree_step", None) is not step \
+                or "dispatch" in vars(self.cudagraph_dispatcher):  # (narrowed already)
+            return original(self, *args, **kwargs)
+        dispatcher = self.cudagraph_dispatcher
+        from vllm.config import CUDAGraphMode
+        dispatch = dispatcher.dispatch
+
+        def dispatch_without_full(*a, invalid_modes=None, **kw):
+            invalid = set(invalid_modes or ()) | {CUDAGraphMode.FULL}
+            return dispatch(*a, invalid_modes=invalid, **kw)
+        dispatcher.dispatch = dispatch_without_full  # this call only
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            del dispatcher.dispatch
+    return _determine_batch_execution_and_padding
 
 
 def _wrap_sample(original):
@@ -89,7 +120,7 @@ def _wrap_sample(original):
         from vllm.v1.outputs import SamplerOutput
         sampled = step.verify(logits, self.input_batch.sampling_metadata,
                               spec_decode_metadata.max_spec_len)
-        step.move_kv(self.drafter.target_kv_caches(self))
+        step.move_kv(self.drafter.target_kv_views(self))
         self.drafter.accepted_step = step
         return SamplerOutput(sampled_token_ids=sampled, logprobs_tensors=None)
     return _sample
@@ -108,16 +139,33 @@ PATCHES = (
         upstream=UPSTREAM,
         make_wrapper=_wrap_prepare_inputs,
     ),
-    Patch(
-        name="tree_attention_cpu",
-        target="vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward",
-        platform="cpu",  # trees are refused on other backends (config.check_tree_platform)
-        what="After the CPU kernel's causal attention, recomputes the rows of branching "
-             "trees with tree attention (cached context + the node's own path).",
+    *(Patch(
+        name=f"tree_attention_{name}",
+        target=f"vllm.v1.attention.backends.{module}.forward",
+        platform=platform,  # trees are refused on other backends (target_kv)
+        optional=platform == "cuda",  # FlashInfer's module needs the flashinfer package
+        what="After the backend's causal attention, recomputes the rows of branching "
+             "trees with tree attention (the cached context read through the backend's "
+             "own cache split + the node's own path), as the Triton tree kernel on CUDA.",
         why="vLLM's attention backends take no custom masks.",
         remove_when="vLLM verifies speculative trees again.",
         upstream=UPSTREAM,
-        make_wrapper=_wrap_attention_forward,
+        make_wrapper=_wrap_attention_forward(backend),
+    ) for name, module, backend, platform in (
+        ("cpu", "cpu_attn:CPUAttentionBackendImpl", "CPU_ATTN", "cpu"),
+        ("flash_attn", "flash_attn:FlashAttentionImpl", "FLASH_ATTN", "cuda"),
+        ("flashinfer", "flashinfer:FlashInferImpl", "FLASHINFER", "cuda"),
+        ("triton_attn", "triton_attn:TritonAttentionImpl", "TRITON_ATTN", "cuda"))),
+    Patch(
+        name="tree_steps_outside_full_graphs",
+        target=f"{RUNNER}._determine_batch_execution_and_padding",
+        what="In a step that verifies vispec trees: the CUDA-graph dispatcher may not pick "
+             "a FULL graph (PIECEWISE or eager instead; under data parallelism vLLM takes "
+             "the lowest mode across ranks).",
+        why="A FULL graph replay skips the tree-attention patch's Python.",
+        remove_when="vLLM verifies speculative trees again.",
+        upstream=UPSTREAM,
+        make_wrapper=_wrap_batch_execution,
     ),
     Patch(
         name="tree_sampler",

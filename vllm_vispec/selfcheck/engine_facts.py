@@ -40,15 +40,20 @@ def plugin_state() -> dict[str, Any]:
             "patches_applied": applied}
 
 
-def trees_unsupported(platform, isa: str | None) -> str | None:
+def trees_unsupported(platform, isa: str | None, backend: str | None = None) -> str | None:
     """Why vispec trees cannot run in this engine (None: they can): what vispec's config
-    accepts, and on the CPU the attention ISAs whose cache layout tree verification reads."""
+    accepts, the attention backends tree verification patches, and on the CPU the
+    attention ISAs whose cache layout it reads."""
     from ..config import check_tree_platform
-    from ..tree.target_step import KNOWN_CPU_LAYOUTS
+    from ..tree.target_kv import KNOWN_CPU_LAYOUTS, TREE_BACKENDS
     try:
         check_tree_platform()
     except ValueError:
-        return f"not supported on {platform}: vispec trees run on vLLM's CPU backend only"
+        return (f"not supported on {platform}: vispec trees run on vLLM's CPU and CUDA "
+                "builds only")
+    if backend is not None and backend not in TREE_BACKENDS:
+        return (f"not supported on the {backend} attention backend (supported: "
+                f"{', '.join(TREE_BACKENDS)})")
     if isa is not None and isa not in KNOWN_CPU_LAYOUTS:
         return f"not supported on the CPU attention ISA {isa!r} (known: {KNOWN_CPU_LAYOUTS})"
     return None
@@ -101,7 +106,8 @@ def worker_facts(worker) -> dict[str, Any]:
         target_facts = facts["target_attention"] or {}
         where = current_platform.device_name + (
             f" ({target_facts['backend']})" if target_facts.get("backend") else "")
-        facts["trees_unsupported"] = trees_unsupported(where, target_facts.get("isa"))
+        facts["trees_unsupported"] = trees_unsupported(where, target_facts.get("isa"),
+                                                       target_facts.get("backend"))
     if current_platform.is_cuda_alike():
         major, minor = torch.cuda.get_device_capability()
         facts["compute_capability"] = f"{major}.{minor}"

@@ -41,10 +41,13 @@ def build_llm(job: dict[str, Any]):
     from vllm import LLM
 
     from ..tiny import tiny_target
+    # vispec trees do not run under async scheduling yet (vLLM's default on CUDA).
+    scheduling = {"async_scheduling": False} if job["mode"] == "tree" else {}
     return LLM(model=str(tiny_target(job["kind"])), dtype=job["dtype"],
                enforce_eager=job["enforce_eager"], max_model_len=1024, max_num_seqs=8,
                limit_mm_per_prompt={"image": 2}, kv_cache_memory_bytes=128 << 20, seed=0,
-               disable_log_stats=False, speculative_config=speculative_config(job))
+               disable_log_stats=False, speculative_config=speculative_config(job),
+               **scheduling)
 
 
 def greedy(llm, convs: dict[str, list], max_tokens: int, logprobs: bool) -> dict[str, Any]:

@@ -97,10 +97,18 @@ class TreeGrowth:
 
     def select(self, num_nodes: int) -> list[DraftTree]:
         """The ``num_nodes`` best candidates of each tree, breadth first."""
+        # One read back for the whole batch (float64 holds fp32 scores and token ids
+        # exactly): the trees go to the host once per step, for the scheduler's count and
+        # the verification step's bookkeeping.
+        packed = torch.stack([self.scores.double(), self.depths.double(),
+                              self.parents.double(), self.tokens.double()]).cpu()
+        all_scores, all_depths, all_parents, all_tokens = (
+            packed[0].tolist(), packed[1].long().tolist(), packed[2].long().tolist(),
+            packed[3].long().tolist())
         out = []
         for b in range(self.tokens.shape[0]):
-            scores, depths = self.scores[b].tolist(), self.depths[b].tolist()
-            parents, tokens = self.parents[b].tolist(), self.tokens[b].tolist()
+            scores, depths = all_scores[b], all_depths[b]
+            parents, tokens = all_parents[b], all_tokens[b]
             # Best score first; on a tie the shallower node first, so ancestors precede.
             ranked = sorted(range(len(scores)), key=lambda c: (-scores[c], depths[c], c))
             kept = sorted(ranked[:num_nodes], key=lambda c: (depths[c], c))

@@ -29,22 +29,23 @@ def grow_trees(proposer, options: TreeOptions, first: torch.Tensor, images: Step
     tree_key = torch.zeros(batch * rows_per_req, kv_heads, dims.head_dim,
                            dtype=first.dtype, device=device)
     tree_value = torch.zeros_like(tree_key)
+    # Every tensor on the draft's device: the growth runs no host round trip per level.
     row_of = torch.full((batch, growth.tokens.shape[1] + options.expansions * k * k), -1,
-                        dtype=torch.long)
-    row_bits = torch.zeros(batch, rows_per_req, dtype=torch.int64)
+                        dtype=torch.long, device=device)
+    row_bits = torch.zeros(batch, rows_per_req, dtype=torch.int64, device=device)
     row_features = first.new_zeros(batch, rows_per_req, first.shape[-1])
-    arange_b = torch.arange(batch)
+    arange_b = torch.arange(batch, device=device)
     token_req = torch.arange(batch, device=device).repeat_interleave(k)
     starts = torch.arange(batch, device=device, dtype=torch.int32) * rows_per_req
     n = batch * k
     for level in range(1, options.expansions + 1):
         frontier = growth.frontier  # [batch, k] candidates of this level
         parents = growth.parents.gather(1, frontier)
-        rows = torch.arange((level - 1) * k, level * k).expand(batch, k)
+        rows = torch.arange((level - 1) * k, level * k, device=device).expand(batch, k)
         parent_rows = row_of.gather(1, parents.clamp(min=0))
         if level == 1:
             features = first[:, None].expand(batch, k, first.shape[-1])
-            bits = torch.zeros(batch, k, dtype=torch.int64)
+            bits = torch.zeros(batch, k, dtype=torch.int64, device=device)
         else:
             features = row_features[arange_b[:, None], parent_rows]
             bits = row_bits.gather(1, parent_rows)
@@ -59,18 +60,17 @@ def grow_trees(proposer, options: TreeOptions, first: torch.Tensor, images: Step
             block_table=block_table, kept_starts=images.kept_starts, kept_ends=kept_ends,
             cu_kept=images.cu_kept,
             tree=TreeRows(key=tree_key, value=tree_value,
-                          write_rows=(arange_b[:, None] * rows_per_req + rows).flatten()
-                          .to(device),
+                          write_rows=(arange_b[:, None] * rows_per_req + rows).flatten(),
                           start=starts,
                           length=torch.full((batch,), level * k, dtype=torch.int32,
                                             device=device),
-                          anc_bits=bits.flatten().to(device)))
+                          anc_bits=bits.flatten()))
         draft.image_inputs.global_rows[:n] = images.global_rows(token_req, positions)
         draft.image_inputs.replace_rows[:n] = 0
         with set_forward_context({name: meta for name in proposer.draft_layer_names},
                                  proposer.vllm_config, num_tokens=n):
             out, _ = proposer.model(
-                input_ids=growth.frontier_tokens().flatten().to(device),
+                input_ids=growth.frontier_tokens().flatten(),
                 positions=positions,
                 hidden_states=features.reshape(n, -1).contiguous())
         row_features[arange_b[:, None], rows] = out.view(batch, k, -1)

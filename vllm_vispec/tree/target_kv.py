@@ -1,9 +1,82 @@
-"""Where the target's KV cache lives, for tree verification (which moves each accepted
-path's K/V into place): the target's KV cache group and its attention layers' caches."""
+"""The target's KV cache, for tree verification: which backends it can be read under,
+each layer's key and value caches in the layout its backend uses, and the target's KV
+cache group.
+
+Tree verification attends every tree row to its request's cached context, reading the
+target's cache where the backend wrote it, and moves each accepted path's K/V into place:
+
+- FlashAttention, FlashInfer, Triton attention (CUDA): vLLM binds each layer a 4-D view
+  ``[num_blocks, kv_heads, block_size, 2 * head_dim]`` and the backend splits it
+  ``kv_cache.transpose(1, 2).split(head_dim, -1)`` (kv_layout.LAST_DIM), whatever the
+  physical stride order.
+- vLLM's CPU backend: per (block, head) keys dimension-major (``[D, block_size]``), then
+  values token-major, for the ``vec``/``vec16`` attention ISAs.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from ..model.kv_layout import BACKEND_KV_SPLITS, LAST_DIM, key_value_views
+
+# The backends whose attention forward the tree-attention patches wrap (see
+# patches/tree_verification.py), by AttentionBackend.get_name().
+TREE_BACKENDS = ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "CPU_ATTN")
+# CPU attention ISAs whose in-block layout we read (checked at run time as well).
+KNOWN_CPU_LAYOUTS = ("vec", "vec16")
+# KV cache dtypes read as they are (a quantized cache needs scales tree attention lacks).
+UNQUANTIZED_CACHE_DTYPES = ("auto", "float16", "half", "bfloat16", "float", "float32")
+
+
+def cpu_target_kv_views(kv_cache: torch.Tensor, isa: str):
+    """Key and value caches of vLLM's CPU attention as ``[blocks, block_size, heads, D]``
+    views. Per (block, head) the ``vec``/``vec16`` kernels store keys dimension-major
+    (``[D, block_size]``) and values token-major (``[block_size, D]``)."""
+    if isa not in KNOWN_CPU_LAYOUTS:
+        raise NotImplementedError(
+            f"vispec tree verification reads vLLM's CPU KV cache, whose layout for the "
+            f"{isa!r} attention ISA it does not know (known: {KNOWN_CPU_LAYOUTS}); drop "
+            '"tree" from the speculative config to draft chains')
+    num_blocks, heads, block_size, two_d = kv_cache.shape
+    head_dim = two_d // 2
+    kv = kv_cache.view(num_blocks, heads, 2 * block_size, head_dim)
+    keys = kv[:, :, :block_size].reshape(num_blocks, heads, head_dim, block_size)
+    return keys.permute(0, 3, 1, 2), kv[:, :, block_size:].permute(0, 2, 1, 3)
+
+
+def target_kv_views(kv_cache: torch.Tensor, backend: str, isa: str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A target layer's key and value caches as ``[blocks, block_size, kv_heads, D]``
+    views (any strides) under ``backend``."""
+    if backend == "CPU_ATTN":
+        return cpu_target_kv_views(kv_cache, isa)
+    if backend in TREE_BACKENDS and BACKEND_KV_SPLITS.get(backend) == LAST_DIM:
+        return key_value_views(kv_cache, LAST_DIM)
+    raise NotImplementedError(tree_backend_refusal(backend))
+
+
+def tree_backend_refusal(backend: str) -> str:
+    return (f'vispec "tree" verifies trees with the {", ".join(TREE_BACKENDS)} attention '
+            f"backends; the target's attention runs on {backend}: pick one of those with "
+            '--attention-backend, or drop "tree" from the speculative config to draft '
+            "chains")
+
+
+def unsupported_tree_attention(impl) -> str | None:
+    """What in a target attention layer's implementation tree attention does not do
+    (None: plain causal attention over an unquantized cache, which it does)."""
+    if getattr(impl, "sliding_window", None) not in (None, -1, (-1, -1)):
+        return "a sliding window"
+    if getattr(impl, "alibi_slopes", None) is not None:
+        return "ALiBi"
+    if getattr(impl, "logits_soft_cap", None):
+        return "logit soft-capping"
+    if getattr(impl, "sinks", None) is not None:
+        return "attention sinks"
+    dtype = str(getattr(impl, "kv_cache_dtype", "auto")).removeprefix("torch.")
+    if dtype not in UNQUANTIZED_CACHE_DTYPES:
+        return f"a quantized KV cache ({dtype})"
+    return None
 
 
 class TargetKVCaches:
@@ -12,7 +85,7 @@ class TargetKVCaches:
     def __init__(self, draft_layer_names) -> None:
         self._draft_layers = set(draft_layer_names)
         self._group: int | None = None
-        self._caches: list[tuple[torch.Tensor, str]] | None = None
+        self._views: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def group(self, runner) -> int:
         """The KV cache group of the target's layers."""
@@ -25,19 +98,48 @@ class TargetKVCaches:
                 raise RuntimeError("vispec: no KV cache group holds the target's layers")
         return self._group
 
-    def caches(self, runner) -> list[tuple[torch.Tensor, str]]:
-        """(cache, CPU attention ISA) of every target attention layer, each cache once."""
-        if self._caches is None:
+    def target_layers(self, runner):
+        """The target's attention layers (name, layer), in the runner's forward context."""
+        context = runner.compilation_config.static_forward_context
+        for name, layer in context.items():
+            if name in self._draft_layers or not hasattr(layer, "get_attn_backend"):
+                continue
+            if getattr(layer, "attn_type", None) == "decoder":
+                yield name, layer
+
+    def views(self, runner) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(key cache, value cache) of every target attention layer, each cache once."""
+        if self._views is None:
             out, seen = [], set()
-            context = runner.compilation_config.static_forward_context
-            for group in runner.kv_cache_config.kv_cache_groups:
-                for name in group.layer_names:
-                    layer = context.get(name)
-                    if name in self._draft_layers or layer is None:
-                        continue
-                    kv = layer.kv_cache
-                    if isinstance(kv, torch.Tensor) and kv.data_ptr() not in seen:
-                        seen.add(kv.data_ptr())
-                        out.append((kv, layer.isa))
-            self._caches = out
-        return self._caches
+            for _, layer in self.target_layers(runner):
+                kv = layer.kv_cache
+                if isinstance(kv, torch.Tensor) and kv.numel() and kv.data_ptr() not in seen:
+                    seen.add(kv.data_ptr())
+                    out.append(target_kv_views(kv, layer.get_attn_backend().get_name(),
+                                               getattr(layer, "isa", None)))
+            self._views = out
+        return self._views
+
+
+def check_tree_targets(layers) -> None:
+    """Refuses, at start-up, a target whose attention layers tree verification cannot
+    read or attend (``layers``: (name, Attention layer) pairs)."""
+    from ..patches.registry import applied_patches
+    for name, layer in layers:
+        backend = layer.get_attn_backend().get_name()
+        impl = layer.impl
+        if backend not in TREE_BACKENDS or not any(
+                p.startswith("tree_attention_") for p in applied_patches(type(impl).forward)):
+            raise ValueError(tree_backend_refusal(backend) + f" (layer {name})")
+        why = unsupported_tree_attention(impl)
+        if why is not None:
+            raise ValueError(
+                f'vispec "tree" verification supports plain causal attention over an '
+                f"unquantized KV cache; the target's layer {name} uses {why}: drop "
+                '"tree" from the speculative config to draft chains')
+        isa = getattr(layer, "isa", None)  # set once the CPU backend's metadata exists
+        if backend == "CPU_ATTN" and isa is not None and isa not in KNOWN_CPU_LAYOUTS:
+            raise ValueError(
+                f"vispec tree verification reads vLLM's CPU KV cache, whose layout for the "
+                f"{isa!r} attention ISA it does not know (known: {KNOWN_CPU_LAYOUTS}); "
+                'drop "tree" from the speculative config')
