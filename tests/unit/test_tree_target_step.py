@@ -106,3 +106,28 @@ def test_tree_tokens_come_from_the_drafter_not_the_scheduler():
     (request,) = step.requests
     # The scheduler cut the tree to 3 nodes: the drafter's first 3, breadth first.
     assert request.tree.tokens == [11, 12, 13] and request.tree.parents == [-1, -1, 0]
+
+
+def test_a_tree_step_reads_nothing_back_after_it_is_built(monkeypatch):
+    """Positions, verification (greedy and sampled with vLLM's top-k), the accepted paths'
+    moves: no host-device sync (CPU tensors stand for device ones)."""
+    from vllm.v1.sample.ops import topk_topp_sampler as vllm_topk
+
+    from vllm_vispec.host_syncs import HostSyncCounter
+    # vLLM's top-k/top-p as on a GPU (its CPU build picks a variant that reads k back).
+    monkeypatch.setattr(vllm_topk, "apply_top_k_top_p",
+                        lambda logits, k, p: vllm_topk.apply_top_k_top_p_pytorch(
+                            logits, k, p, allow_cpu_sync=False))
+    targets = [(TreeStep, name) for name in ("set_positions", "verify", "chain_moves",
+                                             "move_kv")]
+    cache = torch.randn(8, 1, 16, 2 * 64)
+    for meta in (SimpleNamespace(temperature=None, top_k=None, top_p=None, generators={}),
+                 SimpleNamespace(temperature=torch.tensor([0.0, 1.0, 0.7]),
+                                 top_k=torch.tensor([4, 4, 4]), top_p=None,
+                                 generators={1: torch.Generator().manual_seed(0)})):
+        step, positions = two_request_step()
+        with HostSyncCounter(targets=targets, cpu_is_device=True) as counter:
+            step.set_positions(positions)
+            step.verify(torch.randn(9, 32), meta, max_spec_len=4)
+            step.move_kv([cpu_target_kv_views(cache, "vec16")])
+        assert counter.steps and all(s["syncs"] == 0 for s in counter.steps), counter.steps
