@@ -5,6 +5,10 @@
    pooled rows), in PyTorch and, on CUDA, with the fused Triton kernel.
 2. Draft attention: over the compressed layout (text + one slot per image) against
    attention over the full, uncompressed KV, for several text and image lengths.
+3. Tree attention in the target's verification step: the paper's tree (the root + 29
+   nodes) of every request over its cached context, the Triton tree kernel against its
+   PyTorch reference and against dense masked attention over the same keys (what an
+   attention with a custom mask would cost), for several context lengths and batches.
 
 Sizes default to LLaVA-1.6-7B (H 4096, 32 heads, 2,880 image tokens) and Qwen2.5-VL-7B
 (H 3584, 28 heads). On a machine without CUDA the Triton kernels do not run (Triton has no
@@ -29,6 +33,13 @@ from vllm_vispec.kernels.compressed_attention import (compressed_paged_attention
                                                       compressed_paged_attention_triton)
 from vllm_vispec.kernels.image_compression import (compress_images, compress_images_unfused,
                                                    fold_queries)
+from vllm_vispec.kernels.tree_attention import (ancestor_bits, tree_paged_attention_ref,
+                                                tree_paged_attention_triton)
+
+# The paper's tree as breadth-first parents (root = row 0): the root's top 8, then three
+# expansions of the best 8 nodes, 29 nodes kept; the shape below is one such tree.
+PAPER_TREE = [-1] + [0] * 8 + [1] * 4 + [2] * 3 + [3] * 2 + [4] + [9] * 3 + [10] * 2 + \
+    [13] * 2 + [11] + [20] * 2 + [21]
 
 MODELS = {
     "llava-v1.6-vicuna-7b": dict(hidden=4096, heads=32, image_tokens=2880),
@@ -136,6 +147,72 @@ def bench_attention(model: str, dims: dict, text: int, image: int, batch: int, d
     return out
 
 
+def tree_batch(dims: dict, context: int, batch: int, dtype, device, block_size: int = 16):
+    """A verification step: each request's root + paper tree over ``context`` cached
+    positions."""
+    heads, hd = dims["heads"], dims["hidden"] // dims["heads"]
+    rows = len(PAPER_TREE)
+    blocks = -(-context // block_size)
+    g = torch.Generator().manual_seed(2)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+    bits = ancestor_bits(PAPER_TREE)
+
+    def i32(values):
+        return torch.tensor(values, dtype=torch.int32, device=device)
+    return dict(
+        query=rnd(batch * rows, heads, hd),
+        key_cache=rnd(batch * blocks, block_size, heads, hd),
+        value_cache=rnd(batch * blocks, block_size, heads, hd),
+        block_table=torch.arange(batch * blocks, dtype=torch.int32,
+                                 device=device).view(batch, blocks),
+        token_req=i32([r for r in range(batch) for _ in range(rows)]),
+        kept_starts=i32([0] * batch), kept_ends=i32([context] * batch),
+        cu_kept=i32(list(range(batch + 1))),
+        tree_key=rnd(batch * rows, heads, hd), tree_value=rnd(batch * rows, heads, hd),
+        tree_start=i32([r * rows for r in range(batch)]), tree_len=i32([rows] * batch),
+        anc_bits=torch.tensor(bits * batch, dtype=torch.int64, device=device),
+        scale=hd ** -0.5)
+
+
+def dense_masked_attention(query, key_cache, value_cache, block_table, tree_key, tree_value,
+                           anc_bits, scale, context: int, batch: int, **_):
+    """The same rows by one masked scaled_dot_product_attention per request over its
+    gathered context and tree keys (an attention backend with a custom mask)."""
+    rows = len(PAPER_TREE)
+    bits = anc_bits[:rows]
+    on_path = (bits[:, None] >> torch.arange(rows, device=bits.device)[None]) & 1 == 1
+    mask = torch.cat([on_path.new_ones(rows, context), on_path], dim=1)
+    out = []
+    for r in range(batch):
+        k = torch.cat([key_cache[block_table[r]].flatten(0, 1)[:context],
+                       tree_key[r * rows:(r + 1) * rows]]).transpose(0, 1)
+        v = torch.cat([value_cache[block_table[r]].flatten(0, 1)[:context],
+                       tree_value[r * rows:(r + 1) * rows]]).transpose(0, 1)
+        q = query[r * rows:(r + 1) * rows].transpose(0, 1)
+        out.append(torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=scale).transpose(0, 1))
+    return torch.cat(out)
+
+
+def bench_tree(model: str, dims: dict, context: int, batch: int, dtype, device,
+               repeats: int):
+    args = tree_batch(dims, context, batch, dtype, device)
+    out = {"model": model, "context_tokens": context, "batch": batch,
+           "tree_rows": len(PAPER_TREE), "dtype": str(dtype)}
+    out["dense_masked_torch_s"] = timed(
+        lambda: dense_masked_attention(**args, context=context, batch=batch), repeats)
+    out["reference_torch_s"] = timed(lambda: tree_paged_attention_ref(**args), repeats)
+    if triton_usable(args["query"]):
+        out["triton_s"] = timed(lambda: tree_paged_attention_triton(**args), repeats)
+        out["triton_vs_dense"] = out["dense_masked_torch_s"] / out["triton_s"]
+        ref = tree_paged_attention_ref(**args).float()
+        out["triton_max_abs_diff"] = float(
+            (tree_paged_attention_triton(**args).float() - ref).abs().max())
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,7 +229,7 @@ def main(argv=None) -> int:
                         f"{torch.get_num_threads()} threads)")
     results = {"device": device_name, "torch": torch.__version__,
                "triton_kernels_ran": args.device == "cuda", "compression": [],
-               "attention": []}
+               "attention": [], "tree_attention": []}
     for model in args.models:
         dims = MODELS[model]
         for num_q in (2, 17):
@@ -162,6 +239,10 @@ def main(argv=None) -> int:
         for text, image in ((128, 576), (128, 2880), (1024, 576), (1024, 2880)):
             r = bench_attention(model, dims, text, image, 8, dtype, args.device, args.repeats)
             results["attention"].append(r)
+            print(json.dumps(r))
+        for context, batch in ((1024, 1), (4096, 1), (4096, 4), (16384, 1)):
+            r = bench_tree(model, dims, context, batch, dtype, args.device, args.repeats)
+            results["tree_attention"].append(r)
             print(json.dumps(r))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
