@@ -51,14 +51,19 @@ class VispecProposer(EagleProposer):
         self.chain_tokens: int = drafting.get("chain_tokens") or self.num_speculative_tokens
         tree = drafting.get("tree")
         self.tree_options = TreeOptions(**tree) if tree else None
-        if self.tree_options is not None and vllm_config.scheduler_config.async_scheduling:
-            # vLLM's async scheduler reserves total_tokens placeholders every step; a step
-            # that drafts a chain or nothing (under load, non-plain sampling) returns fewer.
+        self.async_scheduling = bool(vllm_config.scheduler_config.async_scheduling)
+        self.scheduled_k = self.speculative_config.uses_dynamic_speculative_decoding()
+        if self.tree_options is not None and self.async_scheduling and not self.scheduled_k:
+            # vLLM's async scheduler reserves each step's drafts before the drafter runs:
+            # num_speculative_tokens (the tree's nodes) every step unless vLLM's dynamic
+            # schedule says otherwise; a chain or off step chosen here would return fewer.
             raise ValueError(
-                'vispec "tree" does not run with async scheduling yet (its chain and off '
-                "steps draft fewer tokens than the scheduler reserves): start vLLM with "
-                "--no-async-scheduling (LLM(..., async_scheduling=False)), or drop \"tree\" "
-                "to draft chains, which do run with async scheduling.")
+                'vispec "tree" with async scheduling needs vLLM\'s dynamic speculation '
+                'schedule, "num_speculative_tokens_per_batch_size" (e.g. [[1, 1, '
+                f"{self.tree_options.num_nodes}], [2, 8, {self.chain_tokens}], [9, 1024, 0]]"
+                "), so that the scheduler reserves what each step drafts; or start vLLM "
+                "with --no-async-scheduling (LLM(..., async_scheduling=False)); or drop "
+                '"tree" to draft chains, which run with async scheduling as they are.')
         if self.tree_options is not None and \
                 vllm_config.speculative_config.disable_padded_drafter_batch:
             # Without the padded batch vLLM gathers the accepted rows before propose(),
@@ -111,8 +116,15 @@ class VispecProposer(EagleProposer):
         if mode != "tree":
             if self.trees:
                 self.trees.clear()
-            num_speculative_tokens = (0 if mode == "off"
-                                      else min(self.chain_tokens, num_speculative_tokens))
+            reserved = num_speculative_tokens
+            tree_room = self.tree_options is not None and \
+                reserved >= self.tree_options.num_nodes
+            if mode == "off":
+                num_speculative_tokens = 0
+            elif self.scheduled_k and not tree_room:
+                num_speculative_tokens = reserved  # vLLM's schedule: a chain of its K
+            else:  # the configured chain (also where a tree's sampling is not plain)
+                num_speculative_tokens = min(self.chain_tokens, reserved)
         else:
             self.trees = {r: t for r, t in self.trees.items()
                           if r in self.vispec_runner.requests}
@@ -130,11 +142,12 @@ class VispecProposer(EagleProposer):
             embeds, is_mm = mm_embed_inputs
             mm_embed_inputs = (embeds, is_mm[kept.to(is_mm.device).long()])
         if mode != "tree":
-            return super().propose(
+            drafts = super().propose(
                 num_speculative_tokens, target_token_ids, target_positions,
                 target_hidden_states, next_token_ids, token_indices_to_sample,
                 cad, sampling_metadata, mm_embed_inputs, num_rejected_tokens_gpu,
                 slot_mappings)
+            return self._fill_reserved(drafts, reserved, next_token_ids)
         # The first pass (vLLM's, one draft token) leaves the draft's feature at each
         # request's last token in _first_hidden; the tree grows from there.
         self._first_hidden = None
@@ -151,6 +164,18 @@ class VispecProposer(EagleProposer):
             self.trees[req_id] = tree
         return torch.tensor([t.tokens for t in trees], dtype=torch.int64,
                             device=target_token_ids.device)
+
+    def _fill_reserved(self, drafts: torch.Tensor, reserved: int,
+                       next_token_ids: torch.Tensor) -> torch.Tensor:
+        """Under async scheduling the runner copies the scheduler's reserved number of
+        drafts per request out of this tensor, so it must be that wide: a chain drafted in
+        a step reserved for a tree (sampling trees do not verify) repeats its last token
+        (the target verifies them like any draft; lossless, and rare)."""
+        if not self.async_scheduling or drafts.shape[1] >= reserved:
+            return drafts
+        last = drafts[:, -1:] if drafts.shape[1] else next_token_ids[:drafts.shape[0], None]
+        fill = last.to(drafts.dtype).expand(drafts.shape[0], reserved - drafts.shape[1])
+        return torch.cat([drafts, fill], dim=1)
 
     def _sample_draft_tokens(self, hidden_states, sampling_metadata):
         self._first_hidden = hidden_states

@@ -41,7 +41,8 @@ def build_llm(job: dict[str, Any]):
     from vllm import LLM
 
     from ..tiny import tiny_target
-    # vispec trees do not run under async scheduling yet (vLLM's default on CUDA).
+    # The tree engine's thresholds (trees at every batch size) need synchronous scheduling;
+    # async scheduling, vLLM's default on CUDA, takes trees with vLLM's schedule only.
     scheduling = {"async_scheduling": False} if job["mode"] == "tree" else {}
     return LLM(model=str(tiny_target(job["kind"])), dtype=job["dtype"],
                enforce_eager=job["enforce_eager"], max_model_len=1024, max_num_seqs=8,

@@ -16,8 +16,10 @@ its scheduler looks up each step's ``K`` by the step's batch size, caps it at vL
 ``num_speculative_tokens`` (for a tree config the tree's node count
 ``N = total_tokens - 1``, or the chain length where that is longer) and hands it to the
 drafter. Where a schedule is set, it decides (:meth:`TreeOptions.mode_for_tokens`):
-``K >= N`` drafts the tree, ``0 < K < N`` a chain of ``min(K, chain length)``, ``K = 0``
-nothing. The two thresholds are that schedule written short; with a chain length ``c``
+``K >= N`` drafts the tree, ``0 < K < N`` a chain of ``K`` (what the scheduler reserved;
+under async scheduling the drafter must fill exactly that), ``K = 0`` nothing; a tree step
+whose sampling trees do not verify drafts the configured chain (filled up to ``K`` under
+async scheduling). The two thresholds are that schedule written short; with a chain length ``c``
 below ``N`` they equal
 
     [[1, chain_above_batch, N],
@@ -125,5 +127,5 @@ def refuse_thresholds_with_schedule(tree: dict[str, Any], schedule: Any) -> None
         raise ValueError(
             f'vispec "tree" options {given} and "{SCHEDULE}" both decide when a step '
             f'drafts a tree, a chain or nothing; give one of them (a schedule entry '
-            f"[lo, hi, K] drafts the tree where K >= total_tokens - 1, a chain of "
-            f"min(K, num_speculative_tokens) where 0 < K < that, nothing where K = 0)")
+            f"[lo, hi, K] drafts the tree where K >= total_tokens - 1, a chain of K "
+            f"where 0 < K < that, nothing where K = 0)")
