@@ -20,21 +20,47 @@ CPU backend); the PyTorch paths still do, at the same sizes. Writes JSON, e.g.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from vllm_vispec.kernels._triton import triton_usable
-from vllm_vispec.kernels.compressed_attention import (compressed_paged_attention_ref,
-                                                      compressed_paged_attention_triton)
-from vllm_vispec.kernels.image_compression import (compress_images, compress_images_unfused,
-                                                   fold_queries)
-from vllm_vispec.kernels.tree_attention import (ancestor_bits, tree_paged_attention_ref,
-                                                tree_paged_attention_triton)
+
+def _kernels_from_checkout() -> None:
+    """On a machine with torch and Triton only (a GPU box, nothing installed): the
+    kernels package from this checkout, under its installed name. Loaded by path: this
+    script is itself called ``kernels``."""
+    try:
+        import vllm_vispec.kernels  # noqa: F401  (installed)
+        return
+    except ImportError:
+        pass
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    import vllm_vispec
+    spec = importlib.util.spec_from_file_location(
+        "vllm_vispec.kernels", root / "kernels" / "__init__.py",
+        submodule_search_locations=[str(root / "kernels")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vllm_vispec.kernels"] = module
+    spec.loader.exec_module(module)
+    vllm_vispec.kernels = module
+
+
+_kernels_from_checkout()
+
+from vllm_vispec.kernels._triton import triton_usable  # noqa: E402
+from vllm_vispec.kernels.compressed_attention import (  # noqa: E402
+    compressed_paged_attention_ref, compressed_paged_attention_triton)
+from vllm_vispec.kernels.image_compression import (  # noqa: E402
+    compress_images, compress_images_unfused, fold_queries)
+from vllm_vispec.kernels.tree_attention import (  # noqa: E402
+    ancestor_bits, tree_paged_attention_ref, tree_paged_attention_triton)
 
 # The paper's tree as breadth-first parents (root = row 0): the root's top 8, then three
 # expansions of the best 8 nodes, 29 nodes kept; the shape below is one such tree.
