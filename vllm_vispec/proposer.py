@@ -32,10 +32,12 @@ from .draft_plan import images_in_use, images_to_summarize, kept_counts, plan_im
 from .image_state import ImageSlots, ImageStateStore, image_slots
 from .model.compressed_attention import CompressedAttentionMetadata
 from .model.hf_config import drafting_from_hf_config
+from .model.kv_layout import check_kernel_block_sizes
 from .tree.dynamic_tree import DraftTree
 from .tree.growth import grow_trees
 from .tree.options import TreeOptions
-from .tree.target_kv import TargetKVCaches, check_tree_targets
+from .tree.support import check_tree_engine
+from .tree.target_kv import TargetKVCaches
 from .tree.target_step import TreeStep, plain_sampling
 
 logger = init_logger(__name__)
@@ -394,7 +396,12 @@ class VispecProposer(EagleProposer):
         if self.tree_options is not None:
             # At start-up, not at the first tree step: a backend the patches do not
             # cover would attend tree rows causally and change the output.
-            check_tree_targets(self._target_kv_lookup().target_layers(self.vispec_runner))
+            check_tree_engine(self.vllm_config,
+                              self._target_kv_lookup().target_layers(self.vispec_runner))
+
+    def initialize_attn_backend(self, kv_cache_config, kernel_block_sizes=None) -> None:
+        super().initialize_attn_backend(kv_cache_config, kernel_block_sizes)
+        check_kernel_block_sizes(kv_cache_config, kernel_block_sizes)
 
     def _draft(self):
         return self.model.model

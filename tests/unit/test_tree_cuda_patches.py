@@ -11,13 +11,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from vllm.config import CompilationMode, CUDAGraphMode, VllmConfig
 from vllm.v1.cudagraph_dispatcher import CudagraphDispatcher
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_vispec.patches import PATCHES, tree_verification
 from vllm_vispec.patches.registry import MARKER
-from vllm_vispec.tree.target_kv import check_tree_targets
+from vllm_vispec.model.kv_layout import check_kernel_block_sizes
+from vllm_vispec.tree.support import check_tree_engine, check_tree_targets
 
 BY_NAME = {p.name: p for p in PATCHES}
 SPEC_TOKENS = 3  # a uniform verify batch: 1 + 3 tokens per request
@@ -124,3 +126,41 @@ def test_targets_tree_verification_cannot_serve_are_refused_at_start_up():
                         ({"logits_soft_cap": 30.0}, "soft-capping")]:
         with pytest.raises(ValueError, match=why):
             check_tree_targets([("l", layer("FLASH_ATTN", True, **fields))])
+
+
+def engine(**changes):
+    parallel = SimpleNamespace(decode_context_parallel_size=1, prefill_context_parallel_size=1,
+                               use_ubatching=False)
+    model = SimpleNamespace(is_mm_prefix_lm=False, rswa_window=None,
+                            multimodal_config=SimpleNamespace(
+                                is_multimodal_pruning_enabled=lambda: False))
+    for key, value in changes.items():
+        owner, name = key.split("__")
+        setattr(parallel if owner == "parallel" else model, name, value)
+    return SimpleNamespace(parallel_config=parallel, model_config=model)
+
+
+def test_engine_settings_tree_verification_cannot_serve_are_refused():
+    ok = [("l", layer("FLASH_ATTN", True))]
+    check_tree_engine(engine(), ok)
+    pruning = SimpleNamespace(is_multimodal_pruning_enabled=lambda: True)
+    for changes, why in [({"parallel__decode_context_parallel_size": 2}, "context parallel"),
+                         ({"parallel__use_ubatching": True}, "micro-batching"),
+                         ({"model__is_mm_prefix_lm": True}, "image prefixes"),
+                         ({"model__multimodal_config": pruning}, "video pruning")]:
+        with pytest.raises(ValueError, match=why):
+            check_tree_engine(engine(**changes), ok)
+    with pytest.raises(ValueError, match="shared with another layer"):
+        check_tree_engine(engine(), [("l", layer("FLASH_ATTN", True,
+                                                 kv_sharing_target_layer_name="l0"))])
+
+
+def test_kernel_blocks_smaller_than_the_cache_blocks_are_refused():
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+    spec = FullAttentionSpec(block_size=128, num_kv_heads=2, head_size=64, dtype=torch.float32)
+    config = KVCacheConfig(num_blocks=4, kv_cache_tensors=[],
+                           kv_cache_groups=[KVCacheGroupSpec(["a"], spec)])
+    check_kernel_block_sizes(config, [128])
+    check_kernel_block_sizes(config, None)
+    with pytest.raises(ValueError, match="kernel blocks of \\[64\\].*--block-size 64"):
+        check_kernel_block_sizes(config, [64])

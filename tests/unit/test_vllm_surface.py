@@ -73,7 +73,9 @@ SURFACE = {
     # What tree verification reads of the target's attention layers and their backends.
     **{f"vllm.v1.attention.backends.{impl}": attrs(
         "scale", "sliding_window", "alibi_slopes", "logits_soft_cap", "sinks",
-        "kv_cache_dtype", *(() if impl.startswith("flashinfer") else ("attn_type",)))
+        "kv_cache_dtype", "head_size", "kv_sharing_target_layer_name",
+        *(() if impl.startswith("flashinfer") else ("attn_type",)),
+        *(("chunk_lookback",) if impl.startswith("triton") else ()))
        for impl in ("flash_attn:FlashAttentionImpl", "flashinfer:FlashInferImpl",
                     "triton_attn:TritonAttentionImpl", "cpu_attn:CPUAttentionBackendImpl")},
     "vllm.model_executor.layers.attention.attention:Attention": attrs(
@@ -94,8 +96,11 @@ SURFACE = {
         "parallel_drafting", "kv_cache_dtype", "num_speculative_tokens_per_batch_size",
         "disable_padded_drafter_batch"),
     "vllm.config.parallel:ParallelConfig": attrs("pipeline_parallel_size",
-                                                 "data_parallel_size"),
-    "vllm.config.model:ModelConfig": attrs("model", "max_model_len", "hf_config"),
+                                                 "data_parallel_size",
+                                                 "decode_context_parallel_size",
+                                                 "prefill_context_parallel_size"),
+    "vllm.config.model:ModelConfig": attrs("model", "max_model_len", "hf_config",
+                                           "multimodal_config"),
     "vllm.config.model:ModelConfig.get_hidden_size": ("self",),
     "vllm.config.model:ModelConfig.get_vocab_size": ("self",),
     "vllm.config.model:ModelConfig.get_num_layers": ("self", "parallel_config"),
@@ -168,6 +173,14 @@ SURFACE = {
     f"{EAGLE}.dummy_run":
         ("self", "num_tokens", "use_cudagraphs", "is_graph_capturing", "slot_mappings"),
     f"{EAGLE}.load_model": ("self", "target_model"),
+    f"{EAGLE}.initialize_attn_backend": ("self", "kv_cache_config", "kernel_block_sizes"),
+    # What tree verification's start-up checks read (tree/support.py).
+    "vllm.config.parallel:ParallelConfig.use_ubatching": attrs("fget"),
+    "vllm.config.model:ModelConfig.is_mm_prefix_lm": attrs("func"),
+    "vllm.config.model:ModelConfig.rswa_window": attrs("fget"),
+    "vllm.config.multimodal:MultiModalConfig.is_multimodal_pruning_enabled": ("self",),
+    "vllm.v1.kv_cache_interface:KVCacheGroupSpec": attrs("kv_cache_spec", "layer_names"),
+    "vllm.v1.kv_cache_interface:AttentionSpec": attrs("block_size"),
     EAGLE: attrs("num_speculative_tokens", "model", "positions", "_draft_attn_layer_names",
                  "speculative_config", "vllm_config"),
     # ---- vLLM's dynamic speculation schedule and DP coordination (the drafting knobs) ----

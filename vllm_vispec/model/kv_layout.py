@@ -81,3 +81,18 @@ def key_value_views(kv_cache: torch.Tensor,
         key, value = kv_cache.view(num_blocks, heads, 2 * block_size, head_dim).chunk(2, dim=2)
         return key.transpose(1, 2), value.transpose(1, 2)
     raise ValueError(f"unknown KV split {split!r}")
+
+
+def check_kernel_block_sizes(kv_cache_config, kernel_block_sizes) -> None:
+    """vispec reads the draft's cache (and, verifying trees, the target's) by the
+    scheduler's block ids; a backend that splits each cache block into smaller kernel
+    blocks (e.g. FlashInfer on Hopper with --block-size 128) would need vLLM's converted
+    block tables. Refused at start-up instead."""
+    sizes = {getattr(g.kv_cache_spec, "block_size", None)
+             for g in kv_cache_config.kv_cache_groups}
+    split = sorted(k for k in (kernel_block_sizes or ()) if k not in sizes)
+    if split:
+        raise ValueError(
+            f"vispec needs the attention kernels' block size to equal the KV cache's block "
+            f"size; this backend splits blocks of {sorted(s for s in sizes if s)} tokens "
+            f"into kernel blocks of {split}: start vLLM with --block-size {split[0]}")

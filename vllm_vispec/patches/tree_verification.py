@@ -6,7 +6,7 @@ runs vLLM's code unchanged."""
 
 from __future__ import annotations
 
-from ..tree.target_kv import unsupported_tree_attention
+from ..tree.support import unsupported_tree_attention
 from .engine_scope import is_vispec_runner
 from .registry import Patch
 
@@ -74,6 +74,9 @@ def _wrap_attention_forward(backend: str):
                     and getattr(self, "attn_type", "decoder") == "decoder" \
                     and _in_active_step(layer):
                 why = unsupported_tree_attention(self)
+                output_scale = args[0] if args else kwargs.get("output_scale")
+                if why is None and output_scale is not None:
+                    why = "a quantized attention output (attention + quant fusion)"
                 if why is not None:  # refused at start-up; a layer changed since
                     raise NotImplementedError(
                         f"vispec tree verification supports plain causal attention over "

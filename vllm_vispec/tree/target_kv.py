@@ -52,31 +52,8 @@ def target_kv_views(kv_cache: torch.Tensor, backend: str, isa: str | None = None
         return cpu_target_kv_views(kv_cache, isa)
     if backend in TREE_BACKENDS and BACKEND_KV_SPLITS.get(backend) == LAST_DIM:
         return key_value_views(kv_cache, LAST_DIM)
+    from .support import tree_backend_refusal
     raise NotImplementedError(tree_backend_refusal(backend))
-
-
-def tree_backend_refusal(backend: str) -> str:
-    return (f'vispec "tree" verifies trees with the {", ".join(TREE_BACKENDS)} attention '
-            f"backends; the target's attention runs on {backend}: pick one of those with "
-            '--attention-backend, or drop "tree" from the speculative config to draft '
-            "chains")
-
-
-def unsupported_tree_attention(impl) -> str | None:
-    """What in a target attention layer's implementation tree attention does not do
-    (None: plain causal attention over an unquantized cache, which it does)."""
-    if getattr(impl, "sliding_window", None) not in (None, -1, (-1, -1)):
-        return "a sliding window"
-    if getattr(impl, "alibi_slopes", None) is not None:
-        return "ALiBi"
-    if getattr(impl, "logits_soft_cap", None):
-        return "logit soft-capping"
-    if getattr(impl, "sinks", None) is not None:
-        return "attention sinks"
-    dtype = str(getattr(impl, "kv_cache_dtype", "auto")).removeprefix("torch.")
-    if dtype not in UNQUANTIZED_CACHE_DTYPES:
-        return f"a quantized KV cache ({dtype})"
-    return None
 
 
 class TargetKVCaches:
@@ -119,27 +96,3 @@ class TargetKVCaches:
                                                getattr(layer, "isa", None)))
             self._views = out
         return self._views
-
-
-def check_tree_targets(layers) -> None:
-    """Refuses, at start-up, a target whose attention layers tree verification cannot
-    read or attend (``layers``: (name, Attention layer) pairs)."""
-    from ..patches.registry import applied_patches
-    for name, layer in layers:
-        backend = layer.get_attn_backend().get_name()
-        impl = layer.impl
-        if backend not in TREE_BACKENDS or not any(
-                p.startswith("tree_attention_") for p in applied_patches(type(impl).forward)):
-            raise ValueError(tree_backend_refusal(backend) + f" (layer {name})")
-        why = unsupported_tree_attention(impl)
-        if why is not None:
-            raise ValueError(
-                f'vispec "tree" verification supports plain causal attention over an '
-                f"unquantized KV cache; the target's layer {name} uses {why}: drop "
-                '"tree" from the speculative config to draft chains')
-        isa = getattr(layer, "isa", None)  # set once the CPU backend's metadata exists
-        if backend == "CPU_ATTN" and isa is not None and isa not in KNOWN_CPU_LAYOUTS:
-            raise ValueError(
-                f"vispec tree verification reads vLLM's CPU KV cache, whose layout for the "
-                f"{isa!r} attention ISA it does not know (known: {KNOWN_CPU_LAYOUTS}); "
-                'drop "tree" from the speculative config')
