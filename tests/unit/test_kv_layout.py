@@ -69,14 +69,15 @@ def backend_class(case: str, monkeypatch=None):
     return backend
 
 
-def vllm_caches(backend, setting, monkeypatch, heads=HEADS, dtype=torch.float32):
+def vllm_caches(backend, setting, monkeypatch, heads=HEADS, dtype=torch.float32,
+                head_size=HEAD_DIM, blocks=BLOCKS):
     """Both layers' caches as vLLM's engine resolves the layout and allocates them."""
     if setting is None:
         monkeypatch.delenv("VLLM_KV_CACHE_LAYOUT", raising=False)
     else:
         monkeypatch.setenv("VLLM_KV_CACHE_LAYOUT", setting)
     config = VllmConfig()
-    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=heads, head_size=HEAD_DIM,
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=heads, head_size=head_size,
                              dtype=dtype)
     supported = [[layout.name for layout in get_supported_kv_cache_layouts([backend])]]
     try:
@@ -85,7 +86,7 @@ def vllm_caches(backend, setting, monkeypatch, heads=HEADS, dtype=torch.float32)
         pytest.skip(str(e))
     groups = [KVCacheGroupSpec(list(LAYERS), spec)]
     kv_config = get_kv_cache_config_from_groups(
-        config, groups, available_memory=spec.page_size_bytes * len(LAYERS) * BLOCKS)
+        config, groups, available_memory=spec.page_size_bytes * len(LAYERS) * blocks)
     caches = allocate_kv_cache(kv_config, torch.device("cpu"), layout)
     return layout, [caches[name] for name in LAYERS]
 

@@ -12,13 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_kv_layout import backend_class
-from vllm.config import VllmConfig
-from vllm.v1.attention.backends.utils import (get_supported_kv_cache_layouts,
-                                              resolve_kv_cache_layout)
-from vllm.v1.core.kv_cache_utils import get_kv_cache_config_from_groups
-from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheGroupSpec
-from vllm.v1.worker.utils import allocate_kv_cache
+from test_kv_layout import BLOCK, backend_class
+from test_kv_layout import vllm_caches as kv_layout_caches
 
 from vllm_vispec import kernel_dispatch
 from vllm_vispec.kernel_dispatch import KERNELS_ENV
@@ -27,8 +22,7 @@ from vllm_vispec.tree.dynamic_tree import DraftTree
 from vllm_vispec.tree.target_kv import target_kv_views
 from vllm_vispec.tree.target_step import TreeStep
 
-HEADS, KV_HEADS, HEAD_DIM, BLOCK, BLOCKS = 4, 2, 16, 16, 12
-LAYERS = ["model.layers.0.self_attn.attn", "model.layers.1.self_attn.attn"]
+HEADS, KV_HEADS, HEAD_DIM, BLOCKS = 4, 2, 16, 12
 TOL = 1e-5  # fp32: the same sums in another order
 CASES = [(backend, setting) for backend in ("FLASH_ATTN", "FLASHINFER", "FLASHINFER@sm100",
                                             "TRITON_ATTN")
@@ -43,23 +37,8 @@ PREFILL = {"a": 3}  # scheduled tokens of a request without drafts
 
 def vllm_caches(backend, setting, monkeypatch):
     """Both layers' caches as vLLM's engine resolves the layout and allocates them."""
-    if setting is None:
-        monkeypatch.delenv("VLLM_KV_CACHE_LAYOUT", raising=False)
-    else:
-        monkeypatch.setenv("VLLM_KV_CACHE_LAYOUT", setting)
-    config = VllmConfig()
-    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=KV_HEADS, head_size=HEAD_DIM,
-                             dtype=torch.float32)
-    supported = [[layout.name for layout in get_supported_kv_cache_layouts([backend])]]
-    try:
-        layout = resolve_kv_cache_layout(config, supported, [spec])
-    except ValueError as e:  # vLLM itself refuses this setting for this backend
-        pytest.skip(str(e))
-    groups = [KVCacheGroupSpec(list(LAYERS), spec)]
-    kv_config = get_kv_cache_config_from_groups(
-        config, groups, available_memory=spec.page_size_bytes * len(LAYERS) * BLOCKS)
-    caches = allocate_kv_cache(kv_config, torch.device("cpu"), layout)
-    return [caches[name] for name in LAYERS]
+    return kv_layout_caches(backend, setting, monkeypatch, heads=KV_HEADS,
+                            head_size=HEAD_DIM, blocks=BLOCKS)[1]
 
 
 def backend_split(kv_cache):
