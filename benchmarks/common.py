@@ -26,6 +26,34 @@ SPEC_METHODS = ("vispec", "vispec-tree", "eagle")
 TREE = {"depth": 3, "top_k": 8, "total_tokens": 30}
 
 
+# The picture sizes the published Qwen2.5-VL ViSpec drafts were trained and evaluated on:
+# the authors' data generation and evaluation resize every picture to 256..1280 patches of
+# 28 x 28 pixels. vLLM's (and the HF processor's) defaults allow up to 12,845,056 pixels,
+# i.e. up to 16,384 image tokens a picture: far more than the drafts saw.
+QWEN_PIXEL_LIMITS = {"min_pixels": 256 * 28 * 28, "max_pixels": 1280 * 28 * 28}
+
+
+def mm_processor_kwargs(name: str, target: str, setting: str = "auto") -> dict:
+    """The multimodal processor settings a benchmark passes to vLLM for ``target`` (the
+    resolved path or hub id of ``name``): ``setting`` "auto" gives a Qwen2.5-VL checkpoint
+    the drafts' pixel limits and leaves the local shorthands (tiny, demo) and other models
+    alone; "none" passes nothing; anything else is a JSON object passed as it is."""
+    if setting == "none":
+        return {}
+    if setting != "auto":
+        value = json.loads(setting)
+        if not isinstance(value, dict):
+            raise SystemExit(f"--mm-processor-kwargs wants a JSON object, got {setting!r}")
+        return value
+    if name == "demo" or name.startswith("tiny:"):
+        return {}
+    config = Path(target) / "config.json"
+    model_type = (json.loads(config.read_text()).get("model_type", "")
+                  if config.is_file() else "")
+    is_qwen = model_type == "qwen2_5_vl" or "qwen2.5-vl" in target.lower()
+    return dict(QWEN_PIXEL_LIMITS) if is_qwen else {}
+
+
 def resolve_target(name: str) -> str:
     if name == "demo":
         from vllm_vispec.tiny import trained_demo_target
@@ -76,13 +104,16 @@ def speculative_config(method: str, k: int) -> dict | None:
 
 def serve_args(dtype: str, max_model_len: int, max_num_seqs: int, name: str,
                spec: dict | None, enforce_eager: bool = True,
-               max_num_batched_tokens: int | None = None) -> list[str]:
+               max_num_batched_tokens: int | None = None,
+               mm_kwargs: dict | None = None) -> list[str]:
     """``vllm serve`` arguments of the benchmark servers (two pictures a prompt, seed 0);
     ``max_num_batched_tokens`` None keeps vLLM's default token budget."""
     out = ["--dtype", dtype, "--max-model-len", str(max_model_len),
            "--max-num-seqs", str(max_num_seqs), "--served-model-name", name,
            "--limit-mm-per-prompt", json.dumps({"image": 2}), "--seed", "0"]
     out += ["--enforce-eager"] if enforce_eager else []
+    if mm_kwargs:
+        out += ["--mm-processor-kwargs", json.dumps(mm_kwargs)]
     if max_num_batched_tokens is not None:
         out += ["--max-num-batched-tokens", str(max_num_batched_tokens)]
     return out + (["--speculative-config", json.dumps(spec)] if spec else [])
@@ -99,7 +130,7 @@ def parse_tree(value: str) -> dict:
 
 def held_out_prompts(count: int, seed: int) -> list[tuple[list, list]]:
     """Image prompts of the demo domain, from a seed the training data does not use."""
-    from vllm_vispec.train.data import demo_prompts
+    from vllm_vispec.tiny.prompts import demo_prompts
     return demo_prompts(count, seed)
 
 

@@ -81,6 +81,7 @@ def run_configuration(target: str, method: str, k: int, prompts, levels: list[in
     started = time.perf_counter()
     llm = LLM(model=target, dtype=args.dtype, max_model_len=args.max_model_len,
               enforce_eager=args.enforce_eager, limit_mm_per_prompt={"image": 2},
+              mm_processor_kwargs=args.mm_kwargs or None,
               max_num_seqs=max(levels), disable_log_stats=False, seed=0,
               speculative_config=speculative_config(method, k),
               **({"max_num_batched_tokens": args.max_num_batched_tokens}
@@ -120,7 +121,8 @@ def run_configuration_served(target: str, method: str, k: int, prompts, levels: 
     spec = speculative_config(method, k)
     cli_args = common.serve_args(args.dtype, args.max_model_len, max(levels), "bench", spec,
                                  enforce_eager=args.enforce_eager,
-                                 max_num_batched_tokens=args.max_num_batched_tokens)
+                                 max_num_batched_tokens=args.max_num_batched_tokens,
+                                 mm_kwargs=args.mm_kwargs)
     log = args.out / "logs" / f"{method.split('=')[0]}-k{k}.log"
     started = time.perf_counter()
     with VllmServer(target, cli_args, log_path=log) as server:
@@ -166,6 +168,10 @@ def main(argv=None) -> int:
                    help="token budget of a step, offline and served (default: vLLM's); below "
                    "two pictures' tokens it splits pictures across steps and holds one "
                    "picture in the encoder cache at a time")
+    p.add_argument("--mm-processor-kwargs", default="auto", metavar="JSON|auto|none",
+                   help="vLLM's multimodal processor settings; auto (default) gives a "
+                   "Qwen2.5-VL checkpoint the picture sizes the published ViSpec drafts were "
+                   f"trained on ({common.QWEN_PIXEL_LIMITS}) and nothing to other targets")
     p.add_argument("--served", action="store_true",
                    help="through `vllm serve` (one server per configuration, streaming "
                    "OpenAI chat requests) instead of an offline engine")
@@ -185,6 +191,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
     target = resolve_target(args.target)
+    args.mm_kwargs = common.mm_processor_kwargs(args.target, target, args.mm_processor_kwargs)
     prompts = load_prompts(args.dataset, args.prompts, args.seed)
     results = []
     for method, k in configurations(args.method, args.num_speculative_tokens, vispec_ks):
@@ -198,7 +205,8 @@ def main(argv=None) -> int:
             results.append(pool.apply(run_configuration,
                                       (target, method, k, prompts, args.concurrency, args)))
     compare(results)
-    report = {"target": args.target, "dataset": args.dataset, "prompts": args.prompts,
+    report = {"target": args.target, "mm_processor_kwargs": args.mm_kwargs,
+              "dataset": args.dataset, "prompts": args.prompts,
               "max_tokens": args.max_tokens, "dtype": args.dtype, "quick": args.quick,
               "max_num_batched_tokens": args.max_num_batched_tokens,
               "mode": "served" if args.served else "offline",

@@ -63,3 +63,22 @@ def test_jsonl_and_coco_prompt_files(tmp_path):
     assert messages[0]["content"][1]["text"] == "Describe the image."
     with pytest.raises(SystemExit, match="use demo or an existing"):
         load_prompts(str(tmp_path / "missing.jsonl"), 1, seed=0)
+
+
+def test_qwen_targets_get_the_pixel_limits_the_drafts_were_trained_on(tmp_path):
+    from common import QWEN_PIXEL_LIMITS, mm_processor_kwargs
+    assert QWEN_PIXEL_LIMITS == {"min_pixels": 200704, "max_pixels": 1003520}
+    hub = "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert mm_processor_kwargs(hub, hub) == QWEN_PIXEL_LIMITS
+    local = tmp_path / "qwen"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    assert mm_processor_kwargs(str(local), str(local)) == QWEN_PIXEL_LIMITS
+    llava = "llava-hf/llava-v1.6-vicuna-7b-hf"
+    assert mm_processor_kwargs(llava, llava) == {}
+    # The local shorthands keep their small pictures; the setting can say otherwise.
+    assert mm_processor_kwargs("tiny:qwen2_5_vl", str(local)) == {}
+    assert mm_processor_kwargs(hub, hub, "none") == {}
+    assert mm_processor_kwargs(hub, hub, '{"max_pixels": 50176}') == {"max_pixels": 50176}
+    with pytest.raises(SystemExit, match="JSON object"):
+        mm_processor_kwargs(hub, hub, "[1]")
