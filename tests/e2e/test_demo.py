@@ -1,4 +1,5 @@
-"""The README's demo command: a served answer and a nonzero count of drafted tokens."""
+"""The README's demo command: a served answer identical to vLLM alone's, both speeds, and a
+nonzero count of drafted tokens."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ def test_demo_prints_an_answer_and_drafted_tokens(tmp_path):
     drafted = re.search(r"drafted tokens (\d+), accepted tokens (\d+)", proc.stdout)
     assert drafted and int(drafted.group(1)) > 0
     assert "completion tokens 32" in proc.stdout
+    # Next to vLLM alone: the same text, and both speeds.
+    assert "identical to vLLM without speculation: yes" in proc.stdout
+    assert re.search(r"output tokens/s: [0-9.]+ with vispec, [0-9.]+ without; speed-up "
+                     r"[0-9.]+x", proc.stdout)
 
 
 def test_demo_help_explains_the_options():
