@@ -130,7 +130,7 @@ def parse_tree(value: str) -> dict:
 
 def held_out_prompts(count: int, seed: int) -> list[tuple[list, list]]:
     """Image prompts of the demo domain, from a seed the training data does not use."""
-    from vllm_vispec.train.data import demo_prompts
+    from vllm_vispec.tiny.prompts import demo_prompts
     return demo_prompts(count, seed)
 
 

@@ -6,7 +6,7 @@ import torch
 
 from vllm_vispec.model.layout import DraftDims
 from vllm_vispec.reference import ImageSpan, ReferenceDraft
-from vllm_vispec.train.data import demo_prompts
+from vllm_vispec.tiny.prompts import demo_prompts
 from vllm_vispec.train.draft import TrainableDraft, initial_weights, loss_slots
 from vllm_vispec.train.target_features import Sample, image_spans
 

@@ -9,26 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..model.layout import DraftDims, expected_shapes, published_config
+from ..train.draft_dims import draft_dims_for_target
 from .targets import RESIDUAL_SCALE
-
-
-def draft_dims_for(target: Path, num_q: int = 2) -> tuple[DraftDims, dict]:
-    cfg = json.loads((target / "config.json").read_text())
-    text = cfg.get("text_config", cfg)
-    qwen = cfg.get("model_type", "").startswith("qwen")
-    rope = text.get("rope_parameters") or {}
-    dims = DraftDims(
-        hidden_size=text["hidden_size"], num_heads=text["num_attention_heads"],
-        # ViSpec drafts use full multi-head attention even for GQA targets.
-        num_kv_heads=text["num_attention_heads"],
-        head_dim=text["hidden_size"] // text["num_attention_heads"],
-        intermediate_size=text["intermediate_size"], vocab_size=text["vocab_size"],
-        num_q=num_q, qkv_bias=qwen, fc_bias=True,
-        rms_norm_eps=1e-6 if qwen else 1e-5,
-        rope_theta=float(rope.get("rope_theta", 1e6 if qwen else 1e4)),
-        max_position_embeddings=2048,
-    )
-    return dims, cfg
 
 
 def draft_weights(dims: DraftDims, target_embed: torch.Tensor, seed: int,
@@ -62,7 +44,8 @@ def draft_weights(dims: DraftDims, target_embed: torch.Tensor, seed: int,
 
 def build_tiny_draft(target: Path, out: Path, seed: int = 0, num_q: int = 2,
                      identity_fc: bool = True) -> None:
-    dims, target_cfg = draft_dims_for(target, num_q)
+    target_cfg = json.loads((target / "config.json").read_text())
+    dims = draft_dims_for_target(target_cfg, num_q)
     (embed,) = [v for k, v in load_file(target / "model.safetensors").items()
                 if k.endswith("embed_tokens.weight")]
     out.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,14 @@
 """``vispec-train``: make training data with the target, train a ViSpec draft, export it.
 
-  vispec-train data --target TARGET --out DATA            # the target answers prompts
+  vispec-train data --target TARGET --prompts FILE --out DATA  # the target answers FILE
   vispec-train fit --target TARGET --data DATA --stage 1 --out STAGE1
   vispec-train fit --target TARGET --data DATA --stage 2 --init STAGE1/draft --out STAGE2
-  vispec-train fit ... --arch eagle                        # the text-only EAGLE baseline
-  vispec-train recipe --target TARGET --out DIR             # all of the above, both drafts
+  vispec-train fit ... --arch eagle                       # the text-only EAGLE baseline
+  vispec-train recipe --target TARGET --prompts FILE --out DIR  # all of it, both drafts
+
+FILE is your prompt set (jsonl, COCO captions, LLaVA-Pretrain / ShareGPT conversations;
+`vispec-train data --help` describes them). Without --prompts the prompts are the demo
+domain's generated pictures of coloured shapes, for the tiny demo target.
 
 ``fit`` exports ``OUT/draft`` in the published checkpoint layout, which
 ``"method": "vispec", "model": "OUT/draft"`` loads as is. A stopped ``fit`` resumes from
@@ -27,8 +31,17 @@ import torch
 from safetensors.torch import load_file
 
 from ..model.checkpoint import read_draft
+from .data_command import (COMPLETE, DEMO_COUNTS, DEMO_PROMPTS, DESCRIPTION, PROMPT_FORMATS,
+                           SETTINGS, add_prompt_options, data_settings, run_data)
+from .draft_dims import draft_dims_for_target
 
-COMPLETE = "complete"  # written last by `data`: the folder holds every sample
+
+RECIPE = """\
+Runs data (text-only and image prompts), then stage 1 on text and stage 2 on images for
+the ViSpec draft, and the same two stages, data and epochs for a text-only EAGLE draft.
+Writes OUT/vispec/draft and OUT/eagle/draft. Each step is skipped when its output exists,
+so a stopped recipe resumes; a data folder made from other prompts or settings is
+refused."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,15 +55,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seed of prompts, pictures and training (%(default)s)")
 
     d = sub.add_parser("data", parents=[common], help="generate training samples with the target",
-                       description="The target answers prompts greedily through vLLM "
-                       "(batched); its input embeddings and post-norm hidden states are then "
-                       "recorded by teacher forcing (HF transformers), one file per sample.")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=DESCRIPTION, epilog=PROMPT_FORMATS)
     d.add_argument("--out", type=Path, required=True, help="folder for sample_*.pt")
-    d.add_argument("--num-prompts", type=int, default=64, help="prompts to answer (%(default)s)")
+    d.add_argument("--prompts", default=DEMO_PROMPTS, metavar="FILE",
+                   help="prompt file (formats below); default: the demo domain")
+    d.add_argument("--num-prompts", type=int, default=None,
+                   help="prompts to answer, drawn with --seed from a file (default: all of a "
+                   f"file, {DEMO_COUNTS['data']} of the demo domain)")
     d.add_argument("--max-tokens", type=int, default=64,
                    help="tokens per answer (%(default)s)")
     d.add_argument("--text-only", action="store_true",
-                   help="prompts without images (stage 1 data)")
+                   help="prompts without images (stage 1 data): a file's pictures are left "
+                   "out")
+    add_prompt_options(d)
 
     f = sub.add_parser("fit", parents=[common], help="train a draft and export it",
                        description="Stage 1 trains the EAGLE part on text (ViSpec's image "
@@ -90,16 +108,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     r = sub.add_parser("recipe", parents=[common],
                        help="the whole two-stage recipe, and the text-only baseline",
-                       description="Runs data (text-only and image prompts), then stage 1 "
-                       "on text and stage 2 on images for the ViSpec draft, and the same two "
-                       "stages, data and epochs for a text-only EAGLE draft. Writes "
-                       "OUT/vispec/draft and OUT/eagle/draft. Each step is skipped when its "
-                       "output exists, so a stopped recipe resumes.")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=RECIPE, epilog=PROMPT_FORMATS)
     r.add_argument("--out", type=Path, required=True, help="output folder")
-    r.add_argument("--num-prompts", type=int, default=300,
-                   help="image prompts for stage 2 (%(default)s)")
-    r.add_argument("--num-text-prompts", type=int, default=100,
-                   help="text-only prompts for stage 1 (%(default)s)")
+    r.add_argument("--prompts", default=DEMO_PROMPTS, metavar="FILE",
+                   help="prompt file for stage 2 (image prompts); default: the demo domain")
+    r.add_argument("--text-prompts", default=None, metavar="FILE",
+                   help="prompt file for stage 1, pictures left out (default: --prompts)")
+    r.add_argument("--num-prompts", type=int, default=None,
+                   help="image prompts for stage 2 (default: all of a file, "
+                   f"{DEMO_COUNTS['recipe']} of the demo domain)")
+    r.add_argument("--num-text-prompts", type=int, default=None,
+                   help="text-only prompts for stage 1 (default: --num-prompts of the "
+                   "--prompts file, all of a --text-prompts file, "
+                   f"{DEMO_COUNTS['recipe-text']} of the demo domain)")
     r.add_argument("--max-tokens", type=int, default=160,
                    help="tokens per answer (%(default)s)")
     r.add_argument("--epochs", type=int, default=3, help="epochs per stage (%(default)s)")
@@ -112,19 +134,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--bf16", action="store_true", help="bf16 autocast in both stages")
     r.add_argument("--arch", choices=["vispec", "eagle"], nargs="+",
                    default=["vispec", "eagle"], help="drafts to train (%(default)s)")
+    add_prompt_options(r)
     return p.parse_args(argv)
 
 
-def run_data(args) -> None:
-    from .data import build_dataset, demo_prompts
-    prompts = demo_prompts(args.num_prompts, args.seed, images=not args.text_only)
-    paths = build_dataset(args.target, prompts, args.max_tokens, args.out)
-    (args.out / COMPLETE).write_text(f"{len(paths)}\n")
-    print(f"[vispec-train] wrote {len(paths)} samples to {args.out}")
-
-
 def run_fit(args) -> dict:
-    from ..tiny.drafts import draft_dims_for
     from .data import load_dataset
     from .distributed import init_data_parallel, shutdown, training_device
     from .draft import TrainableDraft, initial_weights, text_only_dims
@@ -137,6 +151,7 @@ def run_fit(args) -> dict:
     target_model, _ = load_target(str(args.target))
     lm_head = target_model.get_output_embeddings().weight
     embed = target_model.get_input_embeddings().weight
+    target_cfg = json.loads((args.target / "config.json").read_text())
     text_only = args.arch == "eagle"
     if args.init is not None and text_only:
         dims, weights = read_eagle_draft(args.init, args.num_q)
@@ -144,7 +159,7 @@ def run_fit(args) -> dict:
         dims, path = read_draft(args.init)
         weights = load_file(path)
     else:
-        dims, _ = draft_dims_for(args.target, args.num_q)
+        dims = draft_dims_for_target(target_cfg, args.num_q)
         dims = text_only_dims(dims) if text_only else dims
         weights = initial_weights(dims, embed, args.seed, text_only=text_only)
     samples = load_dataset(args.data)
@@ -161,7 +176,6 @@ def run_fit(args) -> dict:
     if not dp.is_main:
         return {"history": history}
     after = evaluate(model, held_out, args.stage) if evaluate_here else None
-    target_cfg = json.loads((args.target / "config.json").read_text())
     export = export_eagle_draft if text_only else export_draft
     draft = export(model, target_cfg, args.out / "draft")
     report = {"history": history, "held_out_before": before, "held_out_after": after,
@@ -172,15 +186,53 @@ def run_fit(args) -> dict:
     return report
 
 
+def recipe_data_steps(args) -> list[tuple[str, list[str]]]:
+    """(folder, ``data`` arguments) of the recipe's text-only and image data."""
+    from .prompts import is_entry
+    shared = ["--target", str(args.target), "--seed", str(args.seed),
+              "--max-tokens", str(args.max_tokens), "--prompts-format", args.prompts_format,
+              "--max-model-len", str(args.max_model_len), "--kv-cache-gib",
+              str(args.kv_cache_gib), *(["--long-answers"] if args.long_answers else [])]
+    for flag in ("image_root", "min_pixels", "max_pixels"):
+        if getattr(args, flag) is not None:
+            shared += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    steps = []
+    for name, source, count, demo_count, extra in (
+            ("data-text", args.text_prompts or args.prompts, args.num_text_prompts,
+             DEMO_COUNTS["recipe-text"], ["--text-only"]),
+            ("data-image", args.prompts, args.num_prompts, DEMO_COUNTS["recipe"], [])):
+        if count is None and name == "data-text" and not args.text_prompts \
+                and not is_entry(args.prompts):
+            count = args.num_prompts  # the same file: as many prompts as stage 2
+        if count is None and is_entry(source):
+            count = demo_count
+        steps.append((name, ["data", *shared, "--prompts", source,
+                             *([] if count is None else ["--num-prompts", str(count)]),
+                             "--out", str(args.out / name), *extra]))
+    return steps
+
+
+def check_same_data(folder: Path, data_argv: list[str]) -> None:
+    """Refuses to reuse a data folder made from other prompts or settings."""
+    if not (folder / SETTINGS).is_file():
+        return  # made before settings were recorded
+    made = json.loads((folder / SETTINGS).read_text())
+    wanted = data_settings(parse_args(data_argv))
+    differ = sorted(k for k in wanted if made.get(k) != wanted[k])
+    if differ:
+        raise SystemExit(f"vispec-train recipe: {folder} was made with other {differ} "
+                         f"({[made.get(k) for k in differ]}, now {[wanted[k] for k in differ]}); "
+                         "remove it or use another --out")
+
+
 def run_recipe(args) -> dict[str, Path]:
     out, target, seed = args.out, str(args.target), str(args.seed)
     common = ["--target", target, "--seed", seed]
-    for name, extra in (("data-text", ["--num-prompts", str(args.num_text_prompts),
-                                       "--text-only"]),
-                        ("data-image", ["--num-prompts", str(args.num_prompts)])):
-        if not (out / name / COMPLETE).is_file():
-            main(["data", *common, "--out", str(out / name), "--max-tokens",
-                  str(args.max_tokens), *extra])
+    for name, data_argv in recipe_data_steps(args):
+        if (out / name / COMPLETE).is_file():
+            check_same_data(out / name, data_argv)
+        else:
+            main(data_argv)
     drafts = {}
     for arch in args.arch:
         fit = [*common, "--arch", arch, "--epochs", str(args.epochs),
@@ -204,5 +256,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"vispec-train {args.command} runs in one process; only `fit` "
                          "trains under torchrun")
     torch.manual_seed(args.seed)
-    {"data": run_data, "fit": run_fit, "recipe": run_recipe}[args.command](args)
+    from .prompt_files import PromptFileError
+    try:
+        {"data": run_data, "fit": run_fit, "recipe": run_recipe}[args.command](args)
+    except PromptFileError as e:
+        raise SystemExit(f"vispec-train {args.command}: {e}") from None
     return 0

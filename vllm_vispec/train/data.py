@@ -1,65 +1,81 @@
 """Training data the target generates: it answers prompts (through vLLM, batched, greedy),
 then its features are recorded by teacher forcing, so the draft learns the target's own
-distribution."""
+distribution.
+
+Prompts are (chat messages, PIL images) pairs from any sequence: a user's prompt file
+(``prompts.PromptFile``, pictures read as used), or a list made by a function.
+"""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..tiny import scenes
-from ..tiny.images import image_part
+from .pixel_limits import PixelLimits
+from .prompts import PromptFile
 from .target_features import Sample, make_sample
 
-TEXT_QUESTIONS = ["Describe a picture of shapes.", "What shapes could a picture show?",
-                  "Name some colors.", "Where can a shape be in a picture?"]
+# Prompts handed to vLLM per call: their pictures are in memory together.
+PROMPTS_PER_CALL = 256
 
 
-def demo_prompts(count: int, seed: int = 0, images: bool = True,
-                 image_size: int = 84) -> list[tuple[list, list]]:
-    """Prompts in the demo domain (``vllm_vispec.tiny.scenes``): (chat messages, PIL
-    images), one picture of coloured shapes each; text-only (stage 1) without images."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        if not images:
-            question = rng.choice(TEXT_QUESTIONS)
-            out.append(([{"role": "user", "content": question}], []))
-            continue
-        img = scenes.draw(scenes.random_scene(rng), image_size)
-        content = [image_part(img), {"type": "text", "text": rng.choice(scenes.QUESTIONS)}]
-        out.append(([{"role": "user", "content": content}], [img]))
-    return out
+def max_images(prompts: Sequence) -> int:
+    if isinstance(prompts, PromptFile):
+        return prompts.max_images
+    return max((len(images) for _, images in prompts), default=0)
 
 
-def generate(target: Path, prompts: list[tuple[list, list]], max_tokens: int,
-             max_model_len: int = 1024) -> list[tuple[list[int], list[int]]]:
-    """The target's greedy answers through vLLM: (prompt ids, answer ids) per prompt."""
+def labelled_bar(label: str):
+    """A tqdm factory for vLLM's progress bars that says which prompts they count."""
+    def bar(*args, desc: str = "", **kwargs):
+        return tqdm(*args, desc=f"{label} {desc}".strip(), **kwargs)
+    return bar
+
+
+def generate(target: Path, prompts: Sequence, max_tokens: int, max_model_len: int = 1024,
+             *, kv_cache_gib: float = 1.0,
+             pixels: PixelLimits | None = None) -> list[tuple[list[int], list[int]]]:
+    """The target's greedy answers through vLLM: (prompt ids, answer ids) per prompt,
+    ``PROMPTS_PER_CALL`` prompts at a time."""
     from vllm import LLM, SamplingParams
-    # A fixed, modest KV cache: on the CPU backend vLLM otherwise reserves 92% of the
-    # NUMA node's memory and refuses to start when a training run holds some of it.
+    # A fixed KV cache (1 GiB unless set): on the CPU backend vLLM otherwise reserves 92%
+    # of the NUMA node's memory and refuses to start when a training run holds some of it.
     llm = LLM(model=str(target), dtype="float32", max_model_len=max_model_len,
-              enforce_eager=True, limit_mm_per_prompt={"image": 2}, seed=0,
-              gpu_memory_utilization=0.5, kv_cache_memory_bytes=1 << 30)
-    outs = llm.chat([m for m, _ in prompts],
-                    SamplingParams(temperature=0.0, max_tokens=max_tokens))
+              enforce_eager=True, limit_mm_per_prompt={"image": max(1, max_images(prompts))},
+              seed=0, gpu_memory_utilization=0.5,
+              kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
+              mm_processor_kwargs=pixels.vllm_kwargs() if pixels else None)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    answers = []
+    for start in range(0, len(prompts), PROMPTS_PER_CALL):
+        end = min(start + PROMPTS_PER_CALL, len(prompts))
+        messages = [prompts[i][0] for i in range(start, end)]
+        outs = llm.chat(messages, params,
+                        use_tqdm=labelled_bar(f"target answers {start + 1}-{end}/{len(prompts)}"))
+        answers += [(list(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outs]
     del llm
-    return [(list(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outs]
+    return answers
 
 
-def build_dataset(target: Path, prompts: list[tuple[list, list]], max_tokens: int,
-                  out_dir: Path) -> list[Path]:
-    """Generates answers, records features, writes one file per sample."""
+def build_dataset(target: Path, prompts: Sequence, max_tokens: int, out_dir: Path, *,
+                  max_model_len: int = 1024, kv_cache_gib: float = 1.0,
+                  pixels: PixelLimits | None = None) -> list[Path]:
+    """Generates answers, records features, writes one file per sample (replacing an
+    earlier run's samples in ``out_dir``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    answers = generate(target, prompts, max_tokens)
+    for old in out_dir.glob("sample_*.pt"):
+        old.unlink()
+    answers = generate(target, prompts, max_tokens, max_model_len, kv_cache_gib=kv_cache_gib,
+                       pixels=pixels)
+    image_kwargs = pixels.hf_kwargs() if pixels else None
     paths = []
-    for i, ((_, images), (prompt_ids, answer_ids)) in enumerate(
-            tqdm(list(zip(prompts, answers)), desc="target features")):
-        sample = make_sample(target, prompt_ids, answer_ids, images)
+    for i in tqdm(range(len(prompts)), desc="target features", unit="sample"):
+        _, images = prompts[i]
+        prompt_ids, answer_ids = answers[i]
+        sample = make_sample(target, prompt_ids, answer_ids, images, image_kwargs)
         path = out_dir / f"sample_{i:06d}.pt"
         torch.save(sample.to_dict(), path)
         paths.append(path)

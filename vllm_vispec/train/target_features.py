@@ -65,10 +65,14 @@ def image_spans(token_ids: list[int], image_token: int) -> list[ImageSpan]:
 
 
 @torch.no_grad()
-def target_features(path: str | Path, token_ids: list[int], images: list):
-    """(input embeddings [L, H], post-norm hidden [L, H], lm_head [V, H], embedding [V, H])."""
+def target_features(path: str | Path, token_ids: list[int], images: list,
+                    image_kwargs: dict | None = None):
+    """(input embeddings [L, H], post-norm hidden [L, H], lm_head [V, H], embedding [V, H]).
+
+    ``image_kwargs`` go to the image processor: the sizes vLLM resized the pictures to."""
     model, processor = load_target(str(path))
-    kwargs = dict(processor.image_processor(images=images, return_tensors="pt")) if images else {}
+    kwargs = dict(processor.image_processor(images=images, return_tensors="pt",
+                                            **(image_kwargs or {}))) if images else {}
     out = model(input_ids=torch.tensor([token_ids]), output_hidden_states=True, **kwargs)
     embeds, hidden = out.hidden_states[0][0], out.hidden_states[-1][0]
     lm_head = model.get_output_embeddings().weight
@@ -78,8 +82,8 @@ def target_features(path: str | Path, token_ids: list[int], images: list):
 
 
 def make_sample(path: str | Path, prompt_ids: list[int], answer_ids: list[int],
-                images: list) -> Sample:
+                images: list, image_kwargs: dict | None = None) -> Sample:
     token_ids = list(prompt_ids) + list(answer_ids)
-    embeds, hidden, _, _ = target_features(path, token_ids, images)
+    embeds, hidden, _, _ = target_features(path, token_ids, images, image_kwargs)
     return Sample(token_ids, embeds.clone(), hidden.clone(),
                   image_spans(token_ids, image_token_id(path)), len(prompt_ids))

@@ -1,0 +1,27 @@
+"""The shape of a fresh ViSpec draft for a target: what ``vispec-train fit`` starts from
+without ``--init`` (and what the tiny test drafts are built with)."""
+
+from __future__ import annotations
+
+from ..model.layout import DraftDims
+
+
+def draft_dims_for_target(target_cfg: dict, num_q: int = 2) -> DraftDims:
+    """The dimensions of a fresh ViSpec draft for a target (its HF ``config.json`` dict):
+    the target's text width and vocabulary, full multi-head attention even for GQA
+    targets, and the biases, norm epsilon and RoPE base ViSpec's drafts use per family."""
+    text = target_cfg.get("text_config", target_cfg)
+    qwen = target_cfg.get("model_type", "").startswith("qwen")
+    rope = text.get("rope_parameters") or {}
+    return DraftDims(
+        hidden_size=text["hidden_size"], num_heads=text["num_attention_heads"],
+        num_kv_heads=text["num_attention_heads"],
+        head_dim=text["hidden_size"] // text["num_attention_heads"],
+        intermediate_size=text["intermediate_size"], vocab_size=text["vocab_size"],
+        num_q=num_q, qkv_bias=qwen, fc_bias=True,
+        rms_norm_eps=1e-6 if qwen else 1e-5,
+        rope_theta=float(rope.get("rope_theta") or text.get("rope_theta")
+                         or (1e6 if qwen else 1e4)),
+        # At least the target's context: vLLM sizes the draft's RoPE table from it.
+        max_position_embeddings=max(2048, int(text.get("max_position_embeddings", 0))),
+    )
