@@ -1,5 +1,10 @@
 """Per-request image state of the ViSpec draft: where each image sits, and its summary.
 
+A video counts as one image: its tokens (every frame's) are one span with one summary, as
+in the authors' code, whose Qwen2.5-VL path marks a video's tokens as an image's (the
+paper's video results drafted that way). Prompts mixing images and videos never get here
+(refused up front: patches/media_mix.py).
+
 Slot ``j`` of the draft (position ``j``) is an image slot iff token ``j + 1`` is an image
 token (EAGLE's one-slot shift), so an image whose placeholder tokens are
 ``[offset, offset + length)`` covers slots ``[offset - 1, offset + length - 2]``. Its last
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ImageSlots:
-    identifier: str  # vLLM's content hash of the image
+    identifier: str  # vLLM's content hash of the image or video
     first: int  # first image slot (clamped to 0)
     last: int  # last image slot
     kept: tuple[int, ...]  # compressed slots, ascending
@@ -28,12 +33,16 @@ class ImageSlots:
         return range(self.first, self.kept[0] if self.kept else self.last + 1)
 
 
+# vLLM's modalities the draft compresses; any other (audio) stays on the text path.
+COMPRESSED_MODALITIES = ("image", "video")
+
+
 def image_slots(mm_features, num_q: int) -> list[ImageSlots]:
-    """The draft slots of every image of a request, in prompt order (videos are left to
-    the text path: ViSpec compresses images only)."""
+    """The draft slots of every image (and video: one span each) of a request, in prompt
+    order."""
     out = []
     for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
-        if feature.modality != "image":
+        if feature.modality not in COMPRESSED_MODALITIES:
             continue
         offset, length = feature.mm_position.offset, feature.mm_position.length
         last = offset + length - 2

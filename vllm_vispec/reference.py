@@ -46,7 +46,8 @@ def linear(w: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tens
 
 @dataclass
 class ImageSpan:
-    """Token indices ``[start, end)`` of one image's placeholder tokens."""
+    """Token indices ``[start, end)`` of one image's placeholder tokens; a video is one
+    span of all its frames' tokens, as in the authors' code."""
 
     start: int
     end: int

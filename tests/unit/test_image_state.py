@@ -32,8 +32,19 @@ def test_image_at_the_start_clamps_its_first_slot():
     assert (img.first, img.kept, list(img.dropped)) == (0, (1,), [0])
 
 
-def test_videos_are_not_compressed():
-    assert image_slots([feature(3, 8, modality="video")], num_q=2) == []
+def test_a_video_is_one_span_like_an_image():
+    # Every frame's tokens are one span, as upstream: the same slots an image of that
+    # length gets, one summary (by the video's hash).
+    (video,) = image_slots([feature(3, 32, "vid", modality="video")], num_q=3)
+    (image,) = image_slots([feature(3, 32, "vid")], num_q=3)
+    assert video == image
+    assert (video.identifier, video.first, video.last, video.kept) == ("vid", 2, 33, (32, 33))
+
+
+def test_images_and_videos_are_spans_in_prompt_order_and_audio_is_text():
+    slots = image_slots([feature(40, 8, "v", modality="video"), feature(2, 4, "i"),
+                         feature(20, 5, "a", modality="audio")], num_q=2)
+    assert [(s.identifier, s.first, s.last) for s in slots] == [("i", 1, 4), ("v", 39, 46)]
 
 
 def test_store_finds_rows_by_content_and_frees_ended_requests():

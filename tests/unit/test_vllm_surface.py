@@ -242,6 +242,10 @@ SURFACE = {
     "vllm.v1.request:Request": attrs("num_computed_tokens", "num_output_placeholders",
                                      "mm_features"),
     f"{RUNNER}._gather_mm_embeddings": ("self", "scheduler_output", "shift_computed_tokens"),
+    # ---- prompts mixing images and videos (patches/media_mix.py) ------------------------
+    "vllm.v1.engine.input_processor:InputProcessor._validate_model_inputs":
+        ("self", "encoder_input", "decoder_input"),
+    "vllm.v1.engine.input_processor:InputProcessor": attrs("vllm_config"),
 }
 
 

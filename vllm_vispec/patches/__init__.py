@@ -20,19 +20,22 @@ version guard is applied (see plugin.register).
 | mm_cache_delivery_order | renderers.base.processor_cache_from_config | all | vllm-project/vllm#46747 (recovers, does not prevent) | vLLM orders its multimodal shadow cache by delivery |
 | mm_cache_mark_sent_async / _sync / _inproc | AsyncMPClient._send_input, SyncMPClient._send_input, InprocClient.add_request | all | as above | as above |
 | encoder_lookahead_progress | Scheduler._try_schedule_encoder_inputs | all | none filed (vllm-project/vllm-ascend#17195) | vLLM's EAGLE look-ahead cannot schedule 0 tokens for ever |
+| vispec_mixed_media | InputProcessor._validate_model_inputs | all | none (a ViSpec scope limit) | ViSpec drafts cover prompts mixing images and videos |
 | vispec_version_guard (unsupported vLLM only) | EngineArgs.create_speculative_config | all | none filed | vLLM can register a speculative method |
 """
 
 from __future__ import annotations
 
-from . import (cpu_sampling, encoder_budget, mm_cache_delivery, proposer_selection,
-               runner_selection, speculative_method, tree_verification, zero_draft_sampling)
+from . import (cpu_sampling, encoder_budget, media_mix, mm_cache_delivery,
+               proposer_selection, runner_selection, speculative_method, tree_verification,
+               zero_draft_sampling)
 from .registry import Patch
 
 PATCHES: tuple[Patch, ...] = (speculative_method.PATCH, runner_selection.PATCH,
                               proposer_selection.PATCH, *tree_verification.PATCHES,
                               zero_draft_sampling.PATCH, *cpu_sampling.PATCHES,
-                              *mm_cache_delivery.PATCHES, encoder_budget.PATCH)
+                              *mm_cache_delivery.PATCHES, encoder_budget.PATCH,
+                              media_mix.PATCH)
 
 
 def apply_all() -> None:

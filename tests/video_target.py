@@ -1,0 +1,36 @@
+"""The tiny Qwen2.5-VL target with a chat template that also places videos.
+
+The tiny target's template (tiny/targets.py) places images only; a real Qwen2.5-VL
+template places ``<|vision_start|><|video_pad|><|vision_end|>`` for a video part. The view
+links every file of the built target but its template, so weights, tokenizer and
+processors are the target's own, and both the vispec runs and the plugin-free baselines
+load it by path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vllm_vispec.tiny import tiny_target
+
+TEMPLATE = "chat_template.jinja"
+IMAGE_BRANCH = "{% elif part['type'] == 'text' %}"
+VIDEO_BRANCH = ("{% elif part['type'] in ['video', 'video_url'] %}"
+                "<|vision_start|><|video_pad|><|vision_end|>")
+
+
+def video_chat_target(out: Path) -> Path:
+    target = tiny_target("qwen2_5_vl")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in target.iterdir():
+        if path.name != TEMPLATE and not (out / path.name).exists():
+            (out / path.name).symlink_to(path)
+    template = (target / TEMPLATE).read_text()
+    assert IMAGE_BRANCH in template, "the tiny target's chat template changed"
+    (out / TEMPLATE).write_text(template.replace(IMAGE_BRANCH, VIDEO_BRANCH + IMAGE_BRANCH))
+    return out
+
+
+def video_token_id(target: Path) -> int:
+    return json.loads((target / "config.json").read_text())["video_token_id"]
