@@ -3,7 +3,9 @@
 Layout (published checkpoints): ``fc`` over [token embedding, target feature], one decoder
 layer without input norm, no final norm, the target's lm_head and embedding (shared by
 vLLM's proposer), the image adaptor ``imadpt`` and ``img_fc``, which fuses the latest
-image's global vector into every text feature: ``img_fc(cat(h, g))``.
+image's global vector into every text feature: ``img_fc(cat(h, g))``. NeMo Automodel's
+drafts (automodel_layout.py) are renamed onto these names as they load and may add an
+input norm, a final norm and biases.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import SupportsMultiModalEmbeddings
 from vllm.model_executor.models.utils import _merge_multimodal_embeddings
 
-from .hf_config import dims_from_hf_config
+from vllm.model_executor.layers.layernorm import RMSNorm
+
 from .feature_fusion import FusedFeatures
+from .hf_config import dims_from_hf_config
 from .image_inputs import ImageInputs
 from .layers import DraftDecoderLayer, ImageAdaptor
-from .layout import check_shapes
+from .layout_registry import recognise
 
 # Checkpoint names of the projections vLLM stores fused, with their shard ids.
 _STACKED = (
@@ -55,6 +59,8 @@ class VispecDraftModel(nn.Module):
         # The attention layer's name must not collide with the target's layers.
         self.layers = nn.ModuleList([
             DraftDecoderLayer(dims, vllm_config, prefix=f"{prefix}.layers.{layer_id}")])
+        # Automodel's drafts end with a norm: its output is the fed-back feature too.
+        self.norm = RMSNorm(h, eps=dims.rms_norm_eps) if dims.final_norm else None
         # fc and img_fc of the checkpoint, folded (feature_fusion.py).
         self.fusion = FusedFeatures(h, prefix=f"{prefix}.fusion")
         self.imadpt = ImageAdaptor(dims, prefix=f"{prefix}.imadpt")
@@ -81,7 +87,7 @@ class VispecDraftModel(nn.Module):
         x = self.image_inputs.replace_inputs(x)
         for layer in self.layers:
             x = layer(positions, x)
-        return x
+        return x if self.norm is None else self.norm(x)
 
 
 class EagleVispecForCausalLM(nn.Module, SupportsMultiModalEmbeddings):
@@ -117,17 +123,22 @@ class EagleVispecForCausalLM(nn.Module, SupportsMultiModalEmbeddings):
         # 1-D token positions (the proposer's): ViSpec's draft uses them even when the
         # target uses M-RoPE.
         out = self.model(inputs_embeds, positions, hidden_states)
-        # No final norm: the draft's output is both its feature and what lm_head scores.
+        # The draft's output (after the final norm, where it has one) is both its feature
+        # and what lm_head scores.
         return out, out
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Strict: the checkpoint must hold exactly the published layout's tensors."""
+        """Strict: the checkpoint must hold exactly its layout's tensors for these dims;
+        they load by their published names."""
         weights = list(weights)
-        check_shapes({name: tuple(w.shape) for name, w in weights}, self.model.dims,
-                     where=getattr(self.config, "vispec", {}).get("source", "(draft)"))
+        found = {name: tuple(w.shape) for name, w in weights}
+        where = getattr(self.config, "vispec", {}).get("source", "(draft)")
+        layout = recognise(found, where)
+        layout.check(found, self.model.dims, where)
+        weights = [(layout.published_name(name), w) for name, w in weights]
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         fusion = {}

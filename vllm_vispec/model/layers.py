@@ -48,7 +48,7 @@ class DraftAttention(nn.Module):
                                           dims.num_kv_heads, bias=dims.qkv_bias,
                                           prefix=f"{prefix}.qkv_proj")
         self.o_proj = RowParallelLinear(dims.num_heads * dims.head_dim, dims.hidden_size,
-                                        bias=False, prefix=f"{prefix}.o_proj")
+                                        bias=dims.o_proj_bias, prefix=f"{prefix}.o_proj")
         self.rotary_emb = get_rope(
             dims.head_dim, max_position=dims.max_position_embeddings,
             rope_parameters={"rope_type": "default", "rope_theta": dims.rope_theta},
@@ -78,10 +78,10 @@ class DraftMLP(nn.Module):
     def __init__(self, dims: DraftDims, prefix: str) -> None:
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(
-            dims.hidden_size, [dims.intermediate_size] * 2, bias=False,
+            dims.hidden_size, [dims.intermediate_size] * 2, bias=dims.mlp_bias,
             prefix=f"{prefix}.gate_up_proj")
         self.down_proj = RowParallelLinear(dims.intermediate_size, dims.hidden_size,
-                                           bias=False, prefix=f"{prefix}.down_proj")
+                                           bias=dims.mlp_bias, prefix=f"{prefix}.down_proj")
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,16 +91,20 @@ class DraftMLP(nn.Module):
 
 
 class DraftDecoderLayer(nn.Module):
-    """EAGLE-1's layer 0: no input norm (the fc output goes straight into attention)."""
+    """EAGLE-1's layer 0: no input norm (the fc output goes straight into attention), as
+    published; NeMo Automodel's drafts keep the input norm (``dims.input_norm``)."""
 
     def __init__(self, dims: DraftDims, vllm_config: VllmConfig, prefix: str) -> None:
         super().__init__()
         self.self_attn = DraftAttention(dims, vllm_config, prefix=f"{prefix}.self_attn")
         self.mlp = DraftMLP(dims, prefix=f"{prefix}.mlp")
+        self.input_layernorm = (RMSNorm(dims.hidden_size, eps=dims.rms_norm_eps)
+                                if dims.input_norm else None)
         self.post_attention_layernorm = RMSNorm(dims.hidden_size, eps=dims.rms_norm_eps)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        attn = self.self_attn(positions, x)
+        normed = x if self.input_layernorm is None else self.input_layernorm(x)
+        attn = self.self_attn(positions, normed)
         h, residual = self.post_attention_layernorm(attn, x)
         return self.mlp(h) + residual
 
@@ -121,9 +125,9 @@ class ImageAdaptor(nn.Module):
     def __init__(self, dims: DraftDims, prefix: str) -> None:
         super().__init__()
         self.num_heads = dims.num_heads
-        self.head_dim = dims.head_dim
+        self.head_dim = dims.adaptor_head_dim  # hidden / heads, whatever the layer's is
         h = dims.hidden_size
-        self.q = nn.Parameter(torch.empty(dims.num_q, dims.num_heads, dims.head_dim))
+        self.q = nn.Parameter(torch.empty(dims.num_q, dims.num_heads, self.head_dim))
         self.k_proj = ReplicatedLinear(h, h, bias=dims.qkv_bias, prefix=f"{prefix}.k_proj")
         self.v_proj = ReplicatedLinear(h, h, bias=dims.qkv_bias, prefix=f"{prefix}.v_proj")
         self.o_proj = ReplicatedLinear(h, h, bias=False, prefix=f"{prefix}.o_proj")

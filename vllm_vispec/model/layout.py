@@ -4,7 +4,8 @@ The released checkpoints (``JLKang/ViSpec-*``) are a ``config.json`` that is Lla
 (its ``architectures``/``model_type`` keys are copied from the target and mean nothing for
 the draft) plus ``model.safetensors`` or ``pytorch_model.bin`` with un-prefixed keys.
 This module is the single source of truth for that layout: the loader checks against it
-and the fixtures write it.
+and the fixtures write it. Its key names are also the names the draft model loads by;
+other layouts (automodel_layout.py) are renamed onto them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ class DraftDims:
     rms_norm_eps: float
     rope_theta: float
     max_position_embeddings: int
+    # Off in the published drafts (EAGLE-1's layer); NeMo Automodel's drafts have them.
+    input_norm: bool = False  # RMSNorm before layer 0's attention
+    final_norm: bool = False  # RMSNorm on the layer's output (feature and logits alike)
+    o_proj_bias: bool = False
+    mlp_bias: bool = False
+
+    @property
+    def adaptor_head_dim(self) -> int:
+        """The image adaptor's head size: ``hidden / heads`` (not ``head_dim``, which only
+        the decoder layer's attention uses)."""
+        return self.hidden_size // self.num_heads
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +76,8 @@ def dims_from_config(cfg: dict[str, Any], num_q: int) -> DraftDims:
 
 
 def expected_shapes(d: DraftDims) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a published ViSpec draft checkpoint, with its shape."""
+    """Every tensor of a ViSpec draft checkpoint in the published names, with its shape
+    (a published draft never has the norms or the o_proj/MLP biases)."""
     h, q_out, kv_out = d.hidden_size, d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
     shapes: dict[str, tuple[int, ...]] = {
         "embed_tokens.weight": (d.vocab_size, h),
@@ -78,7 +91,7 @@ def expected_shapes(d: DraftDims) -> dict[str, tuple[int, ...]]:
         "layers.0.post_attention_layernorm.weight": (h,),
         "fc.weight": (h, 2 * h),
         "img_fc.weight": (h, 2 * h),
-        "imadpt.q": (d.num_q, d.num_heads, d.head_dim),
+        "imadpt.q": (d.num_q, d.num_heads, d.adaptor_head_dim),
         "imadpt.k_proj.weight": (h, h),
         "imadpt.v_proj.weight": (h, h),
         "imadpt.o_proj.weight": (h, h),
@@ -92,12 +105,37 @@ def expected_shapes(d: DraftDims) -> dict[str, tuple[int, ...]]:
     if d.fc_bias:
         shapes["fc.bias"] = (h,)
         shapes["img_fc.bias"] = (h,)
+    if d.input_norm:
+        shapes["layers.0.input_layernorm.weight"] = (h,)
+    if d.final_norm:
+        shapes["norm.weight"] = (h,)
+    if d.o_proj_bias:
+        shapes["layers.0.self_attn.o_proj.bias"] = (h,)
+    if d.mlp_bias:
+        shapes["layers.0.mlp.gate_proj.bias"] = (d.intermediate_size,)
+        shapes["layers.0.mlp.up_proj.bias"] = (d.intermediate_size,)
+        shapes["layers.0.mlp.down_proj.bias"] = (h,)
     return shapes
 
 
-def check_shapes(found: dict[str, tuple[int, ...]], d: DraftDims, where: str) -> None:
-    """Raises one error that lists every missing, unexpected and mis-shaped key."""
-    want = expected_shapes(d)
+def some_keys(keys: list[str], shown: int = 6) -> str:
+    """A few keys, then how many more: a whole 7B layout would drown the message."""
+    more = len(keys) - shown
+    return str(keys[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def dims_summary(d: DraftDims) -> str:
+    extras = [name for name in ("input_norm", "final_norm", "o_proj_bias", "mlp_bias")
+              if getattr(d, name)]
+    return (f"hidden {d.hidden_size}, {d.num_heads} heads, {d.num_kv_heads} KV heads, "
+            f"num_q {d.num_q}, qkv_bias {d.qkv_bias}, fc bias {d.fc_bias}"
+            + "".join(f", {e}" for e in extras))
+
+
+def check_named_shapes(found: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]],
+                       where: str, layout: str, summary: str) -> None:
+    """Raises one error naming the missing, unexpected and mis-shaped keys (a few of
+    each, then a count)."""
     missing = sorted(set(want) - set(found))
     unexpected = sorted(set(found) - set(want))
     misshaped = sorted(
@@ -107,17 +145,20 @@ def check_shapes(found: dict[str, tuple[int, ...]], d: DraftDims, where: str) ->
     )
     problems = []
     if missing:
-        problems.append(f"missing keys: {missing}")
+        problems.append(f"missing keys: {some_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
+        problems.append(f"unexpected keys: {some_keys(unexpected)}")
     if misshaped:
-        problems.append(f"shape mismatches: {misshaped}")
+        problems.append(f"shape mismatches: {some_keys(misshaped)}")
     if problems:
         raise ValueError(
-            f"ViSpec draft checkpoint {where} does not match the published layout "
-            f"(hidden {d.hidden_size}, {d.num_heads} heads, num_q {d.num_q}, "
-            f"qkv_bias {d.qkv_bias}, fc bias {d.fc_bias}): " + "; ".join(problems)
-        )
+            f"ViSpec draft checkpoint {where} does not match the {layout} ({summary}): "
+            + "; ".join(problems))
+
+
+def check_shapes(found: dict[str, tuple[int, ...]], d: DraftDims, where: str) -> None:
+    """Strict check of tensors in the published names against ``d``."""
+    check_named_shapes(found, expected_shapes(d), where, "published layout", dims_summary(d))
 
 
 def published_config(dims: DraftDims, target_cfg: dict) -> dict:

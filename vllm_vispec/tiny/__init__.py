@@ -53,12 +53,19 @@ def tiny_target(kind: str) -> Path:
     return _ensure(kind, builders[kind])
 
 
-def tiny_draft(kind: str, num_q: int = 2, seed: int = 0) -> Path:
-    """A ViSpec draft for ``tiny_target(kind)`` in the published checkpoint layout."""
+def tiny_draft(kind: str, num_q: int = 2, seed: int = 0, layout: str = "published") -> Path:
+    """A ViSpec draft for ``tiny_target(kind)`` in the published checkpoint layout, or made
+    from it in NeMo Automodel's (``layout``: see automodel_drafts.py for the variants)."""
     from .drafts import build_tiny_draft
     target = tiny_target(kind)
-    return _ensure(f"{kind}-vispec-q{num_q}-s{seed}",
-                   lambda out: build_tiny_draft(target, out, seed=seed, num_q=num_q))
+    name = f"{kind}-vispec-q{num_q}-s{seed}"
+    published = _ensure(name, lambda out: build_tiny_draft(target, out, seed=seed,
+                                                           num_q=num_q))
+    if layout == "published":
+        return published
+    from .automodel_drafts import build_automodel_draft
+    return _ensure(f"{name}-{layout}", lambda out: build_automodel_draft(
+        published, target, out, layout, seed=seed))
 
 
 def trained_demo_target(minutes: float = DEMO_TARGET_MINUTES) -> Path:
