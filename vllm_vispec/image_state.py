@@ -1,9 +1,12 @@
 """Per-request image state of the ViSpec draft: where each image sits, and its summary.
 
-A video counts as one image: its tokens (every frame's) are one span with one summary, as
-in the authors' code, whose Qwen2.5-VL path marks a video's tokens as an image's (the
-paper's video results drafted that way). Prompts mixing images and videos never get here
-(refused up front: patches/media_mix.py).
+A Qwen2.5-VL video counts as one image: its tokens (every frame's) are one span with one
+summary, as in the authors' code, whose Qwen2.5-VL path marks a video's tokens as an
+image's (the paper's video results drafted that way); prompts mixing images and such
+videos never get here (refused up front: patches/media_mix.py). A Qwen3-VL video is not
+one run of vision tokens (each frame follows its timestamp, ``<0.5 seconds>``, in text),
+and Qwen3-VL's drafts (NeMo Automodel's) compress image tokens only: its video tokens
+stay on the text path, each taking its own visual feature, as Automodel trains them.
 
 Slot ``j`` of the draft (position ``j``) is an image slot iff token ``j + 1`` is an image
 token (EAGLE's one-slot shift), so an image whose placeholder tokens are
@@ -35,14 +38,23 @@ class ImageSlots:
 
 # vLLM's modalities the draft compresses; any other (audio) stays on the text path.
 COMPRESSED_MODALITIES = ("image", "video")
+# Targets whose videos stay on the text path (see above), by HF model_type.
+VIDEO_AS_TEXT_TARGETS = ("qwen3_vl", "qwen3_vl_moe")
 
 
-def image_slots(mm_features, num_q: int) -> list[ImageSlots]:
-    """The draft slots of every image (and video: one span each) of a request, in prompt
-    order."""
+def compressed_modalities(target_model_type: str) -> tuple[str, ...]:
+    if target_model_type in VIDEO_AS_TEXT_TARGETS:
+        return ("image",)
+    return COMPRESSED_MODALITIES
+
+
+def image_slots(mm_features, num_q: int,
+                modalities: tuple[str, ...] = COMPRESSED_MODALITIES) -> list[ImageSlots]:
+    """The draft slots of every image (and, where compressed, video: one span each) of a
+    request, in prompt order."""
     out = []
     for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
-        if feature.modality not in COMPRESSED_MODALITIES:
+        if feature.modality not in modalities:
             continue
         offset, length = feature.mm_position.offset, feature.mm_position.length
         last = offset + length - 2

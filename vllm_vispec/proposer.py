@@ -29,10 +29,11 @@ from .dp_coordination import without_dp_coordination
 from .draft_metadata import (PlanUpload, StepImages, first_pass_positions, query_rows,
                              step_images, token_requests)
 from .draft_plan import images_in_use, images_to_summarize, kept_counts, plan_images
-from .image_state import ImageSlots, ImageStateStore, image_slots
+from .image_state import ImageSlots, ImageStateStore, compressed_modalities, image_slots
 from .model.compressed_attention import CompressedAttentionMetadata
 from .model.hf_config import drafting_from_hf_config
 from .model.kv_layout import check_kernel_block_sizes
+from .model.visual_features import embedding_layer_features
 from .tree.dynamic_tree import DraftTree
 from .tree.growth import grow_trees
 from .tree.options import TreeOptions
@@ -73,6 +74,8 @@ class VispecProposer(EagleProposer):
             raise ValueError(
                 'vispec "tree" needs vLLM\'s padded drafter batch: drop '
                 '"disable_padded_drafter_batch" from the speculative config, or drop "tree"')
+        self._compressed_modalities = compressed_modalities(
+            vllm_config.model_config.hf_config.model_type)
         self.image_store: ImageStateStore | None = None  # once the draft is loaded
         self._request_images: dict[str, tuple[int, list[ImageSlots]]] = {}
         self._plan_key = None
@@ -238,7 +241,8 @@ class VispecProposer(EagleProposer):
         features = self.vispec_runner.requests[req_id].mm_features
         cached = self._request_images.get(req_id)
         if cached is None or cached[0] != len(features):
-            cached = (len(features), image_slots(features, self._draft().dims.num_q))
+            cached = (len(features), image_slots(features, self._draft().dims.num_q,
+                                                 self._compressed_modalities))
             self._request_images[req_id] = cached
         return cached[1]
 
@@ -255,6 +259,7 @@ class VispecProposer(EagleProposer):
                 continue
             row = store.allocate(req_id, image.identifier)
             if row:
+                embeds = embedding_layer_features(embeds, draft.dims.hidden_size)
                 draft.store_image(row, draft.imadpt(embeds.to(draft.image_inputs.dtype)))
 
     def _warn_if_missing(self, req_ids, images, rows, seq_lens) -> None:

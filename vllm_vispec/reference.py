@@ -71,10 +71,11 @@ class ReferenceDraft:
         """[n, H] -> [num_q, H]: learned queries cross-attend over one image."""
         w, d = self.weights, self.dims
         n = image_embeds.shape[0]
-        k = linear(w, "imadpt.k_proj", image_embeds).view(n, d.num_heads, d.head_dim)
-        v = linear(w, "imadpt.v_proj", image_embeds).view(n, d.num_heads, d.head_dim)
+        hd = d.adaptor_head_dim  # hidden / heads, whatever the decoder layer's head_dim
+        k = linear(w, "imadpt.k_proj", image_embeds).view(n, d.num_heads, hd)
+        v = linear(w, "imadpt.v_proj", image_embeds).view(n, d.num_heads, hd)
         q = w["imadpt.q"].to(image_embeds.dtype)  # [num_q, heads, hd]
-        scores = torch.einsum("qhd,nhd->hqn", q, k) * d.head_dim ** -0.5
+        scores = torch.einsum("qhd,nhd->hqn", q, k) * hd ** -0.5
         pooled = torch.einsum("hqn,nhd->qhd", scores.softmax(-1), v)
         return linear(w, "imadpt.o_proj", pooled.reshape(d.num_q, -1))
 

@@ -129,7 +129,9 @@ def automodel_config(dims: DraftDims, target_text_cfg: dict[str, Any]) -> dict[s
         "intermediate_size": dims.intermediate_size,
         "vocab_size": dims.vocab_size,
         "rms_norm_eps": dims.rms_norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": dims.rope_theta},
+        # The target's, M-RoPE sections included (the draft's default RoPE ignores them).
+        "rope_parameters": {**(target_text_cfg.get("rope_parameters") or {}),
+                            "rope_type": "default", "rope_theta": dims.rope_theta},
         "max_position_embeddings": dims.max_position_embeddings,
         "draft_num_hidden_layers": 1,
         "vispec_num_query_tokens": dims.num_q,

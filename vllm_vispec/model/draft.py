@@ -29,6 +29,7 @@ from .hf_config import dims_from_hf_config
 from .image_inputs import ImageInputs
 from .layers import DraftDecoderLayer, ImageAdaptor
 from .layout_registry import recognise
+from .visual_features import embedding_layer_features
 
 # Checkpoint names of the projections vLLM stores fused, with their shard ids.
 _STACKED = (
@@ -113,7 +114,9 @@ class EagleVispecForCausalLM(nn.Module, SupportsMultiModalEmbeddings):
         embeds = self.model.embed_tokens(input_ids)
         if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
             return embeds
-        return _merge_multimodal_embeddings(embeds, multimodal_embeddings, is_multimodal)
+        h = self.model.dims.hidden_size
+        features = [embedding_layer_features(e, h) for e in multimodal_embeddings]
+        return _merge_multimodal_embeddings(embeds, features, is_multimodal)
 
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
                 hidden_states: torch.Tensor, inputs_embeds: torch.Tensor | None = None,

@@ -170,6 +170,9 @@ def published_config(dims: DraftDims, target_cfg: dict) -> dict:
         "hidden_size": dims.hidden_size,
         "num_attention_heads": dims.num_heads,
         "num_key_value_heads": dims.num_kv_heads,
+        # Written only where heads x head_dim is not the width (Qwen3-VL-4B-like shapes).
+        **({"head_dim": dims.head_dim}
+           if dims.head_dim * dims.num_heads != dims.hidden_size else {}),
         "intermediate_size": dims.intermediate_size,
         "vocab_size": dims.vocab_size,
         "num_hidden_layers": 1,

@@ -1,4 +1,5 @@
-"""Patch: a vispec engine refuses a prompt that holds both images and videos.
+"""Patch: a vispec engine refuses a prompt that holds both images and videos, where the
+draft compresses videos (Qwen2.5-VL; Qwen3-VL keeps them on the text path: image_state).
 
 The draft compresses each video like an image (one span, one summary: image_state). The
 authors' code does so for prompts of videos or of images only; given both, its Qwen2.5-VL
@@ -28,10 +29,17 @@ def mixed_media(prompt_input) -> bool:
     return bool(placeholders.get("image")) and bool(placeholders.get("video"))
 
 
+def compresses_videos(vllm_config) -> bool:
+    """Qwen3-VL's drafts keep videos on the text path: mixing is as they were trained."""
+    from ..image_state import compressed_modalities
+    return "video" in compressed_modalities(vllm_config.model_config.hf_config.model_type)
+
+
 def _make_wrapper(original):
     def _validate_model_inputs(self, encoder_input, decoder_input):
         original(self, encoder_input, decoder_input)
-        if uses_vispec_draft(self.vllm_config) and mixed_media(decoder_input):
+        if uses_vispec_draft(self.vllm_config) and compresses_videos(self.vllm_config) \
+                and mixed_media(decoder_input):
             from vllm.exceptions import VLLMValidationError
             raise VLLMValidationError(MIXED_MEDIA_MESSAGE)
     return _validate_model_inputs
@@ -40,7 +48,8 @@ def _make_wrapper(original):
 PATCH = Patch(
     name="vispec_mixed_media",
     target="vllm.v1.engine.input_processor:InputProcessor._validate_model_inputs",
-    what="In a vispec engine, refuse a prompt with both images and videos with vLLM's "
+    what="In a vispec engine, refuse a prompt with both images and videos (where videos "
+         "are compressed: not Qwen3-VL) with vLLM's "
          "VLLMValidationError (HTTP 400 when served; raised by LLM.chat/generate).",
     why="ViSpec compresses a video like an image; the authors' code drafts mixed prompts "
         "with their images as text (its video mask replaces the image mask), and no draft "

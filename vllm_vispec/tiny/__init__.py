@@ -1,4 +1,4 @@
-"""Tiny LLaVA and Qwen2.5-VL targets with ViSpec drafts, built locally and cached.
+"""Tiny LLaVA, Qwen2.5-VL and Qwen3-VL targets with ViSpec drafts, built locally and cached.
 
 Used by the demo and the tests; nothing is downloaded. Builds are keyed by a hash of the
 builder sources, so a change to a builder rebuilds its models. The trained demo target and
@@ -15,14 +15,15 @@ from pathlib import Path
 
 from ..model.checkpoint import cache_root
 
-TARGETS = ("llava", "qwen2_5_vl")
+TARGETS = ("llava", "qwen2_5_vl", "qwen3_vl")
 DEMO_VERSION = "v3"  # bump when the demo target's or its drafts' recipe changes
 DEMO_TARGET_MINUTES = 30.0
 
 
 def _build_key() -> str:
     here = Path(__file__).parent
-    sources = sorted(here.glob("*.py")) + [here.parent / "model" / "layout.py"]
+    sources = sorted(here.glob("*.py")) + [here.parent / "model" / "layout.py",
+                                           here.parent / "train" / "draft_dims.py"]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
     return digest[:12]
 
@@ -45,18 +46,27 @@ def _ensure(name: str, build, key: str | None = None, marker: str = "config.json
 
 
 def tiny_target(kind: str) -> Path:
-    """Path of the tiny target ``kind`` ("llava" or "qwen2_5_vl"), built if needed."""
+    """Path of the tiny target ``kind`` (one of ``TARGETS``), built if needed."""
+    from .qwen3_target import build_tiny_qwen3vl
     from .targets import build_tiny_llava, build_tiny_qwen25vl
-    builders = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen25vl}
+    builders = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen25vl,
+                "qwen3_vl": build_tiny_qwen3vl}
     if kind not in builders:
         raise ValueError(f"unknown tiny target {kind!r}; choose from {TARGETS}")
     return _ensure(kind, builders[kind])
 
 
-def tiny_draft(kind: str, num_q: int = 2, seed: int = 0, layout: str = "published") -> Path:
+# The layout a target family's drafts come in where ``tiny_draft`` is not told: Qwen3-VL
+# has no published ViSpec drafts, only NeMo Automodel's.
+DRAFT_LAYOUTS = {"qwen3_vl": "automodel"}
+
+
+def tiny_draft(kind: str, num_q: int = 2, seed: int = 0, layout: str | None = None) -> Path:
     """A ViSpec draft for ``tiny_target(kind)`` in the published checkpoint layout, or made
-    from it in NeMo Automodel's (``layout``: see automodel_drafts.py for the variants)."""
+    from it in NeMo Automodel's (``layout``: see automodel_drafts.py for the variants); by
+    default in the layout of the family's drafts (``DRAFT_LAYOUTS``)."""
     from .drafts import build_tiny_draft
+    layout = layout or DRAFT_LAYOUTS.get(kind, "published")
     target = tiny_target(kind)
     name = f"{kind}-vispec-q{num_q}-s{seed}"
     published = _ensure(name, lambda out: build_tiny_draft(target, out, seed=seed,
