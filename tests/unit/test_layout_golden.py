@@ -1,6 +1,7 @@
 """Golden layouts: the tensors of a ViSpec draft for every supported target, in the published
-layout and in NeMo Automodel's, as safetensors headers (no weights), recognised and checked
-strictly; and the refusals of ambiguous, partial and unservable checkpoints.
+layout and in NeMo Automodel's (Qwen3-VL, which has no published drafts: Automodel's only),
+as safetensors headers (no weights), recognised and checked strictly; and the refusals of
+ambiguous, partial and unservable checkpoints.
 
 The tensor lists are written out here from the two projects' module definitions (ViSpec's
 ``cnets_ours`` for the published drafts, Automodel's ``VispecDraftModel`` on top of its
@@ -9,6 +10,7 @@ EAGLE-1/2 draft), not from vllm-vispec's own layout code.
 
 from __future__ import annotations
 
+import copy
 import json
 import struct
 from dataclasses import dataclass
@@ -26,22 +28,49 @@ class Target:
     hidden: int
     heads: int
     kv_heads: int
-    inter: int
+    inter: int  # the dense MLP's; on Qwen3-VL-MoE the one Automodel's (dense) draft reads
     vocab: int
     layers: int
-    qwen: bool
+    family: str  # "llava", "qwen2.5-vl", "qwen3-vl" or "qwen3-vl-moe"
+    head_dim: int | None = None  # explicit in Qwen3-VL's config, else hidden / heads
+    moe_inter: int | None = None  # Qwen3-VL-MoE's experts: the target's, not the draft's
+    experts: int | None = None
+    tied: bool = False  # tie_word_embeddings (Qwen3-VL-2B, 4B): irrelevant to the draft
+
+    @property
+    def qwen(self) -> bool:
+        return self.family != "llava"
+
+    @property
+    def layer_head_dim(self) -> int:
+        return self.head_dim or self.hidden // self.heads
 
 
-LLAVA_7B = Target(4096, 32, 32, 11008, 32064, 32, qwen=False)
-LLAVA_13B = Target(5120, 40, 40, 13824, 32064, 40, qwen=False)
+LLAVA_7B = Target(4096, 32, 32, 11008, 32064, 32, family="llava")
+LLAVA_13B = Target(5120, 40, 40, 13824, 32064, 40, family="llava")
+# Targets with published (JLKang/ViSpec-*) drafts: both layouts apply.
 TARGETS = {
     "llava-hf/llava-1.5-7b-hf": LLAVA_7B,
     "llava-hf/llava-1.5-13b-hf": LLAVA_13B,
     "llava-hf/llava-v1.6-vicuna-7b-hf": LLAVA_7B,
     "llava-hf/llava-v1.6-vicuna-13b-hf": LLAVA_13B,
-    "Qwen/Qwen2.5-VL-3B-Instruct": Target(2048, 16, 2, 11008, 151936, 36, qwen=True),
-    "Qwen/Qwen2.5-VL-7B-Instruct": Target(3584, 28, 4, 18944, 152064, 28, qwen=True),
+    "Qwen/Qwen2.5-VL-3B-Instruct": Target(2048, 16, 2, 11008, 151936, 36, family="qwen2.5-vl"),
+    "Qwen/Qwen2.5-VL-7B-Instruct": Target(3584, 28, 4, 18944, 152064, 28, family="qwen2.5-vl"),
 }
+# Qwen3-VL has no published ViSpec draft: only Automodel's layout applies. Heads are 128
+# wide whatever hidden / heads is (4B, 32B and the MoE: heads x 128 != hidden).
+QWEN3_VL_TARGETS = {
+    "Qwen/Qwen3-VL-2B-Instruct": Target(2048, 16, 8, 6144, 151936, 28, "qwen3-vl", 128,
+                                        tied=True),
+    "Qwen/Qwen3-VL-4B-Instruct": Target(2560, 32, 8, 9728, 151936, 36, "qwen3-vl", 128,
+                                        tied=True),
+    "Qwen/Qwen3-VL-8B-Instruct": Target(4096, 32, 8, 12288, 151936, 36, "qwen3-vl", 128),
+    "Qwen/Qwen3-VL-32B-Instruct": Target(5120, 64, 8, 25600, 151936, 64, "qwen3-vl", 128),
+    "Qwen/Qwen3-VL-30B-A3B-Instruct": Target(2048, 32, 4, 6144, 151936, 48, "qwen3-vl-moe",
+                                             128, moe_inter=768, experts=128),
+}
+AUTOMODEL_TARGETS = {**TARGETS, **QWEN3_VL_TARGETS}
+ROPE_THETA = {"llava": 1e4, "qwen2.5-vl": 1e6, "qwen3-vl": 5e6, "qwen3-vl-moe": 5e6}
 NUM_Q = 2
 
 
@@ -84,20 +113,21 @@ def published_config(t: Target) -> dict:
 def automodel_tensors(t: Target, pinned: bool = True) -> dict[str, tuple[int, ...]]:
     """Automodel's export. ``pinned``: its ViSpec recipe pins the draft to ViSpec's
     architecture (full multi-head attention, q/k/v and fc/img_fc biases); before that, the
-    draft copied the target's GQA and had no bias anywhere (nor does a Qwen2.5-VL text
-    config ask for one)."""
-    h, i, v, d = t.hidden, t.inter, t.vocab, t.hidden // t.heads
-    kv = h if pinned else t.kv_heads * d
+    draft copied the target's GQA and had no bias anywhere (nor does a Qwen2.5-VL or
+    Qwen3-VL text config ask for one). The layer's heads are the config's ``head_dim``
+    wide, the adaptor's ``hidden / heads``."""
+    h, i, v, a, d = t.hidden, t.inter, t.vocab, t.hidden // t.heads, t.layer_head_dim
+    q, kv = t.heads * d, (t.heads if pinned else t.kv_heads) * d
     out = {
         "embed_tokens.weight": (v, h),
         "fc.weight": (h, 2 * h),
         "img_fc.weight": (h, 2 * h),
-        "img_adaptor.query": (NUM_Q, t.heads, d),
+        "img_adaptor.query": (NUM_Q, t.heads, a),
         "img_adaptor.k_proj.weight": (h, h), "img_adaptor.v_proj.weight": (h, h),
         "img_adaptor.o_proj.weight": (h, h),
         "layers.0.input_layernorm.weight": (h,),
-        "layers.0.self_attn.q_proj.weight": (h, h), "layers.0.self_attn.k_proj.weight": (kv, h),
-        "layers.0.self_attn.v_proj.weight": (kv, h), "layers.0.self_attn.o_proj.weight": (h, h),
+        "layers.0.self_attn.q_proj.weight": (q, h), "layers.0.self_attn.k_proj.weight": (kv, h),
+        "layers.0.self_attn.v_proj.weight": (kv, h), "layers.0.self_attn.o_proj.weight": (h, q),
         "layers.0.mlp.gate_proj.weight": (i, h), "layers.0.mlp.up_proj.weight": (i, h),
         "layers.0.mlp.down_proj.weight": (h, i),
         "layers.0.post_attention_layernorm.weight": (h,),
@@ -105,11 +135,28 @@ def automodel_tensors(t: Target, pinned: bool = True) -> dict[str, tuple[int, ..
     }
     if pinned:
         out.update({"fc.bias": (h,), "img_fc.bias": (h,),
-                    "layers.0.self_attn.q_proj.bias": (h,),
-                    "layers.0.self_attn.k_proj.bias": (h,),
-                    "layers.0.self_attn.v_proj.bias": (h,),
+                    "layers.0.self_attn.q_proj.bias": (q,),
+                    "layers.0.self_attn.k_proj.bias": (kv,),
+                    "layers.0.self_attn.v_proj.bias": (kv,),
                     "img_adaptor.k_proj.bias": (h,), "img_adaptor.v_proj.bias": (h,)})
     return out
+
+
+QWEN3_VL_TEXT = {  # what the Qwen3-VL text configs share, as transformers 5 writes them
+    "rms_norm_eps": 1e-6, "max_position_embeddings": 262144, "attention_bias": False,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 5000000,
+                        "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+}
+FAMILY_TEXT = {
+    "llava": {"model_type": "llama", "rms_norm_eps": 1e-5, "max_position_embeddings": 4096,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+    "qwen2.5-vl": {"model_type": "qwen2_5_vl_text", "rms_norm_eps": 1e-6,
+                   "max_position_embeddings": 128000,
+                   "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24],
+                                       "rope_theta": 1000000.0}},
+    "qwen3-vl": {"model_type": "qwen3_vl_text", **QWEN3_VL_TEXT},
+    "qwen3-vl-moe": {"model_type": "qwen3_vl_moe_text", **QWEN3_VL_TEXT},
+}
 
 
 def automodel_config(t: Target, pinned: bool = True) -> dict:
@@ -117,18 +164,19 @@ def automodel_config(t: Target, pinned: bool = True) -> dict:
     fields set on it (``num_hidden_layers`` stays the target's)."""
     cfg = {
         "architectures": ["VispecDraftModel"],
-        "model_type": "qwen2_5_vl_text" if t.qwen else "llama",
+        **FAMILY_TEXT[t.family],
         "hidden_size": t.hidden, "num_attention_heads": t.heads,
         "num_key_value_heads": t.heads if pinned else t.kv_heads,
         "intermediate_size": t.inter, "vocab_size": t.vocab, "num_hidden_layers": t.layers,
-        "rms_norm_eps": 1e-6 if t.qwen else 1e-5, "hidden_act": "silu",
-        "max_position_embeddings": 128000 if t.qwen else 4096,
-        "rope_parameters": ({"rope_type": "default", "mrope_section": [16, 24, 24],
-                             "rope_theta": 1000000.0} if t.qwen
-                            else {"rope_type": "default", "rope_theta": 10000.0}),
-        "attention_dropout": 0.0, "tie_word_embeddings": False, "dtype": "bfloat16",
-        "draft_num_hidden_layers": 1, "vispec_num_query_tokens": NUM_Q,
+        "hidden_act": "silu", "attention_dropout": 0.0, "tie_word_embeddings": t.tied,
+        "dtype": "bfloat16", "draft_num_hidden_layers": 1, "vispec_num_query_tokens": NUM_Q,
     }
+    if t.head_dim:
+        cfg["head_dim"] = t.head_dim
+    if t.experts:  # transformers 5 writes num_experts as num_local_experts
+        cfg.update(moe_intermediate_size=t.moe_inter, num_local_experts=t.experts,
+                   num_experts_per_tok=8, decoder_sparse_step=1, mlp_only_layers=[],
+                   norm_topk_prob=True, router_aux_loss_coef=0.001, sliding_window=None)
     if pinned:
         cfg.update(qkv_bias=True, fc_bias=True)
     return cfg
@@ -183,14 +231,18 @@ def test_published_draft_of_every_target_is_recognised_exactly(target, tmp_path)
                                        t.inter, t.vocab, NUM_Q)
     assert (d.qkv_bias, d.fc_bias, d.o_proj_bias, d.mlp_bias) == (t.qwen, True, False, False)
     assert not d.input_norm and not d.final_norm
-    assert d.rope_theta == (1e6 if t.qwen else 1e4)
+    assert d.rope_theta == ROPE_THETA[t.family]
     check_against_target(d, "d", target, t.hidden, t.vocab)
 
 
-@pytest.mark.parametrize("pinned", [True, False], ids=["vispec-architecture", "target-gqa"])
-@pytest.mark.parametrize("target", list(TARGETS))
+VARIANTS = pytest.mark.parametrize("pinned", [True, False],
+                                   ids=["vispec-architecture", "target-gqa"])
+
+
+@VARIANTS
+@pytest.mark.parametrize("target", list(AUTOMODEL_TARGETS))
 def test_automodel_draft_of_every_target_is_recognised_exactly(target, pinned, tmp_path):
-    t = TARGETS[target]
+    t = AUTOMODEL_TARGETS[target]
     folder = write_draft(tmp_path / "d", automodel_tensors(t, pinned),
                          automodel_config(t, pinned), shards=2)
     ckpt = inspect_draft(folder)
@@ -198,12 +250,60 @@ def test_automodel_draft_of_every_target_is_recognised_exactly(target, pinned, t
     assert ckpt.layout.layout.name == "automodel" and len(ckpt.files) == 2
     assert (d.hidden_size, d.num_heads, d.num_kv_heads, d.head_dim, d.intermediate_size,
             d.vocab_size, d.num_q) == (t.hidden, t.heads, t.heads if pinned else t.kv_heads,
-                                       t.hidden // t.heads, t.inter, t.vocab, NUM_Q)
+                                       t.layer_head_dim, t.inter, t.vocab, NUM_Q)
+    assert d.adaptor_head_dim == t.hidden // t.heads
     assert (d.qkv_bias, d.fc_bias, d.o_proj_bias, d.mlp_bias) == (pinned, pinned, False, False)
     assert d.input_norm and d.final_norm
     assert d.rms_norm_eps == (1e-6 if t.qwen else 1e-5)
-    assert d.rope_theta == (1e6 if t.qwen else 1e4)
+    assert d.rope_theta == ROPE_THETA[t.family]
     check_against_target(d, "d", target, t.hidden, t.vocab)
+
+
+@VARIANTS
+@pytest.mark.parametrize("target", list(QWEN3_VL_TARGETS))
+def test_served_qwen3_vl_draft_keeps_head_dim_and_kv_heads(target, pinned, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.setenv("VLLM_VISPEC_CACHE_DIR", str(tmp_path / "cache"))
+    t = QWEN3_VL_TARGETS[target]
+    config = automodel_config(t, pinned)
+    folder = write_draft(tmp_path / "d", automodel_tensors(t, pinned), config)
+    served = json.loads((prepare_draft(str(folder), target, t.hidden, t.vocab, 262144)
+                         / "config.json").read_text())
+    # 128, not hidden / heads; the config's KV heads, not the query heads (vLLM sizes the
+    # draft's KV cache from the top-level fields, the draft model reads the dims).
+    assert ((served["vispec"]["dims"]["head_dim"], served["vispec"]["dims"]["num_kv_heads"],
+             served["head_dim"], served["num_key_value_heads"])
+            == (128, config["num_key_value_heads"], 128, config["num_key_value_heads"]))
+
+
+@VARIANTS
+@pytest.mark.parametrize("target", list(QWEN3_VL_TARGETS))
+def test_qwen3_vl_configs_here_are_what_transformers_exports(target, pinned, tmp_path):
+    """Automodel's recipe deep-copies the target's text config, sets the draft's fields
+    on it and saves it: every field written here is what transformers serialises, and
+    the whole export reads as the same draft."""
+    transformers = pytest.importorskip("transformers")
+    t = QWEN3_VL_TARGETS[target]
+    mine = automodel_config(t, pinned)
+    text = {k: v for k, v in mine.items()
+            if k not in ("architectures", "draft_num_hidden_layers", "vispec_num_query_tokens",
+                         "qkv_bias", "fc_bias", "rope_parameters", "num_local_experts")}
+    text.update(num_key_value_heads=t.kv_heads, rope_theta=5000000,
+                rope_scaling={"mrope_interleaved": True, "mrope_section": [24, 20, 20],
+                              "rope_type": "default"})  # as the hub's config.json has them
+    if t.experts:
+        text.update(num_experts=t.experts)
+    cls = (transformers.Qwen3VLMoeConfig if t.experts else transformers.Qwen3VLConfig)
+    draft = copy.deepcopy(cls(text_config=text).get_text_config())
+    draft.architectures = ["VispecDraftModel"]
+    draft.draft_num_hidden_layers, draft.vispec_num_query_tokens = 1, NUM_Q
+    if pinned:  # apply_vispec_draft_architecture
+        draft.num_key_value_heads, draft.qkv_bias, draft.fc_bias = t.heads, True, True
+    export = json.loads(draft.to_json_string(use_diff=True))
+    assert {k: export.get(k) for k in mine} == mine
+    tensors = automodel_tensors(t, pinned)
+    assert (inspect_draft(write_draft(tmp_path / "real", tensors, export)).dims
+            == inspect_draft(write_draft(tmp_path / "mine", tensors, mine)).dims)
 
 
 def test_the_llava_7b_layouts_in_full():
