@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..model.checkpoint import cache_root
 
-TARGETS = ("llava", "qwen2_5_vl", "qwen3_vl")
+TARGETS = ("llava", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 DEMO_VERSION = "v3"  # bump when the demo target's or its drafts' recipe changes
 DEMO_TARGET_MINUTES = 30.0
 
@@ -47,10 +47,11 @@ def _ensure(name: str, build, key: str | None = None, marker: str = "config.json
 
 def tiny_target(kind: str) -> Path:
     """Path of the tiny target ``kind`` (one of ``TARGETS``), built if needed."""
+    from .qwen3_moe_target import build_tiny_qwen3vl_moe
     from .qwen3_target import build_tiny_qwen3vl
     from .targets import build_tiny_llava, build_tiny_qwen25vl
     builders = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen25vl,
-                "qwen3_vl": build_tiny_qwen3vl}
+                "qwen3_vl": build_tiny_qwen3vl, "qwen3_vl_moe": build_tiny_qwen3vl_moe}
     if kind not in builders:
         raise ValueError(f"unknown tiny target {kind!r}; choose from {TARGETS}")
     return _ensure(kind, builders[kind])
@@ -58,7 +59,7 @@ def tiny_target(kind: str) -> Path:
 
 # The layout a target family's drafts come in where ``tiny_draft`` is not told: Qwen3-VL
 # has no published ViSpec drafts, only NeMo Automodel's.
-DRAFT_LAYOUTS = {"qwen3_vl": "automodel"}
+DRAFT_LAYOUTS = {"qwen3_vl": "automodel", "qwen3_vl_moe": "automodel"}
 
 
 def tiny_draft(kind: str, num_q: int = 2, seed: int = 0, layout: str | None = None) -> Path:
