@@ -1,10 +1,12 @@
-"""The tiny Qwen2.5-VL target with a chat template that also places videos.
+"""A tiny Qwen target (Qwen2.5-VL by default, or Qwen3-VL) with a chat template that also
+places videos.
 
-The tiny target's template (tiny/targets.py) places images only; a real Qwen2.5-VL
-template places ``<|vision_start|><|video_pad|><|vision_end|>`` for a video part. The view
-links every file of the built target but its template, so weights, tokenizer and
-processors are the target's own, and both the vispec runs and the plugin-free baselines
-load it by path.
+The tiny targets' template (tiny/targets.py, shared by tiny/qwen3_target.py) places images
+only; a real Qwen2.5-VL or Qwen3-VL template places
+``<|vision_start|><|video_pad|><|vision_end|>`` for a video part (Qwen3-VL's processor then
+puts each frame's timestamp text before its tokens). The view links every file of the
+built target but its template, so weights, tokenizer and processors are the target's own,
+and both the vispec runs and the plugin-free baselines load it by path.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ TEMPLATE = "chat_template.jinja"
 IMAGE_BRANCH = "{% elif part['type'] == 'text' %}"
 VIDEO_BRANCH = ("{% elif part['type'] in ['video', 'video_url'] %}"
                 "<|vision_start|><|video_pad|><|vision_end|>")
+VIDEO_KINDS = ("qwen2_5_vl", "qwen3_vl")
 
 
-def video_chat_target(out: Path) -> Path:
-    target = tiny_target("qwen2_5_vl")
+def video_chat_target(out: Path, kind: str = "qwen2_5_vl") -> Path:
+    if kind not in VIDEO_KINDS:
+        raise ValueError(f"no video view of the tiny {kind!r} target; one of {VIDEO_KINDS}")
+    target = tiny_target(kind)
     out.mkdir(parents=True, exist_ok=True)
     for path in target.iterdir():
         if path.name != TEMPLATE and not (out / path.name).exists():
