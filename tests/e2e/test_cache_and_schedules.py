@@ -80,7 +80,7 @@ def assert_same_tokens(got: dict, expected: dict, label: str) -> None:
         assert got[name] == expected[name], f"{name} differs ({label})"
 
 
-@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl", "qwen3_vl"])
 def test_prefix_caching_keeps_output_and_acceptance(kind, reused_tokens):
     expected = expected_tokens(kind)
     cached = run(kind, vispec_config(kind, 3), reused_tokens, enable_prefix_caching=True)

@@ -13,15 +13,15 @@ import shutil
 
 import pytest
 import torch
+from automodel_reference import reference_for
 from hf_target import image_spans, target_features
 from prompts import conversation_images, conversations
 from safetensors.torch import load_file, save_file
 from vllm_runs import greedy_params, offline_llm, vispec_config
 
 from vllm_vispec.draft_metadata import first_pass_positions, token_requests
-from vllm_vispec.model.checkpoint import read_draft
+from vllm_vispec.model.checkpoint import load_draft_weights
 from vllm_vispec.proposer import VispecProposer
-from vllm_vispec.reference import ReferenceDraft
 from vllm_vispec.tiny import tiny_draft
 from vllm_vispec.tiny.targets import RESIDUAL_SCALE
 
@@ -93,8 +93,9 @@ class DraftRecorder:
 
 
 def draft_weights(draft_dir):
-    dims, path = read_draft(draft_dir)
-    return dims, {k: v.float() for k, v in load_file(path).items()}
+    """Dims and fp32 tensors, under the published names, of a draft in any layout."""
+    dims, state = load_draft_weights(draft_dir)
+    return dims, {k: v.float() for k, v in state.items()}
 
 
 def draft_with_strong_paths(kind: str, out):
@@ -154,7 +155,7 @@ SCHEDULES = {  # name: (engine arguments, extra speculative-config keys)
 
 
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl", "qwen3_vl"])
 def test_draft_tokens_and_logits_match_the_reference(kind, schedule, monkeypatch):
     check_against_reference(kind, schedule, tiny_draft(kind), monkeypatch)
 
@@ -189,7 +190,7 @@ def check_against_reference(kind, schedule, draft_dir, monkeypatch, tol=LOGIT_TO
                                                                      kind):
         p = prop["position"]
         embeds, hidden = rec.reference_inputs(prop["req_id"], seq, p, image_positions, embed)
-        ref = ReferenceDraft(weights, dims, lm_head, embed)
+        ref = reference_for(weights, dims, lm_head, embed)
         tokens, logits = ref.propose(embeds, hidden, seq[p + 1],
                                      [s for s in spans if s.end <= p + 1], NUM_SPEC)
         # A chunk of a prompt still in prefill: vLLM keeps the draft's KV of this pass but
@@ -210,15 +211,23 @@ def check_against_reference(kind, schedule, draft_dir, monkeypatch, tol=LOGIT_TO
           f"preemptions {preemptions}")
 
 
-def test_draft_consumes_post_norm_target_features(monkeypatch):
-    """The features vLLM hands the draft are the target's post-norm last hidden states
-    (checked against HF transformers on an image prompt)."""
+@pytest.mark.parametrize("kind", ["llava", "qwen3_vl"])
+def test_draft_consumes_the_targets_features(kind, monkeypatch):
+    """What vLLM hands the draft, checked against HF transformers on an image prompt: the
+    target's post-norm last hidden states, and at image tokens the target's embedding-layer
+    output (on Qwen3-VL the main visual feature, not the DeepStack ones vLLM's encoder
+    output also holds)."""
     rec = DraftRecorder(monkeypatch)
     convs = {"one_image": conversations()["one_image"]}
-    with offline_llm("llava", vispec_config("llava", NUM_SPEC)) as llm:
+    with offline_llm(kind, vispec_config(kind, NUM_SPEC)) as llm:
         (out,) = llm.chat(list(convs.values()), greedy_params(), use_tqdm=False)
     seq = list(out.prompt_token_ids) + list(out.outputs[0].token_ids)
-    _, hf_hidden, _, _ = target_features("llava", seq, conversation_images()["one_image"])
+    hf_embeds, hf_hidden, _, _ = target_features(kind, seq, conversation_images()["one_image"])
     (feats,) = rec.features.values()
     ours = torch.stack([feats[j][0] for j in range(len(seq) - 1)])
     torch.testing.assert_close(ours, hf_hidden[:len(seq) - 1], rtol=1e-3, atol=1e-3)
+    (span,) = image_spans(kind, seq)
+    image_tokens = range(span.start, span.end)
+    # Slot t - 1 carries token t's input embedding (EAGLE's shift).
+    ours = torch.stack([feats[t - 1][1] for t in image_tokens])
+    torch.testing.assert_close(ours, hf_embeds[span.start:span.end], rtol=1e-4, atol=1e-5)

@@ -9,7 +9,7 @@ from vllm_runs import greedy_chat, offline_llm, spec_counters, vispec_config
 
 
 @pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl", "qwen3_vl"])
 def test_vispec_matches_no_speculation(kind, k, baseline):
     expected = baseline(kind)
     convs = conversations()

@@ -24,8 +24,8 @@ def chat(server: VllmServer, messages: list[dict]) -> dict:
         "ignore_eos": True, "return_token_ids": True})
 
 
-@pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("kind,k", [("llava", 1), ("llava", 3), ("qwen2_5_vl", 1),
+                                    ("qwen2_5_vl", 3), ("qwen3_vl", 3)])
 def test_served_vispec_matches_no_speculation(kind, k, baseline, tmp_path):
     expected = baseline(kind)
     convs = conversations()

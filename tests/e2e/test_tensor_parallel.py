@@ -24,7 +24,7 @@ def tp2(monkeypatch) -> dict:
     return dict(tensor_parallel_size=2, distributed_executor_backend="mp")
 
 
-@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl", "qwen3_vl"])
 def test_vispec_at_tp2_matches_no_speculation(kind, tp2, baseline):
     convs = conversations()
     expected = plain_greedy(kind, convs, **tp2)

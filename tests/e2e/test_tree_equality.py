@@ -17,8 +17,8 @@ def drafter_of(llm):
 
 
 @pytest.mark.parametrize("kind,shape", [("llava", TREE), ("qwen2_5_vl", TREE),
-                                        ("llava", PAPER_TREE)], ids=["llava", "qwen2_5_vl",
-                                                                     "llava-paper-tree"])
+                                        ("qwen3_vl", TREE), ("llava", PAPER_TREE)],
+                         ids=["llava", "qwen2_5_vl", "qwen3_vl", "llava-paper-tree"])
 def test_trees_match_no_speculation(kind, shape, baseline):
     expected = baseline(kind)
     convs = conversations()

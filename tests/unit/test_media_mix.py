@@ -1,6 +1,7 @@
-"""A vispec engine refuses prompts mixing images and videos (patches/media_mix.py); every
-other prompt, and every prompt of an engine without vispec, goes to vLLM's validation
-unchanged."""
+"""A vispec engine refuses prompts mixing images and videos where its draft compresses
+videos (patches/media_mix.py); every other prompt, a Qwen3-VL engine's mixed prompts (its
+videos stay on the draft's text path), and every prompt of an engine without vispec, go to
+vLLM's validation unchanged."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ def prompt(**items) -> dict:
             "mm_placeholders": {modality: [object()] * n for modality, n in items.items()}}
 
 
-def processor(vispec: bool):
-    return SimpleNamespace(vllm_config=engine_config(vispec))
+def processor(vispec: bool, target: str = "qwen2_5_vl"):
+    model = SimpleNamespace(hf_config=SimpleNamespace(model_type=target))
+    return SimpleNamespace(vllm_config=engine_config(vispec, model_config=model))
 
 
 PROMPTS = {
@@ -63,3 +65,11 @@ def test_vllms_errors_come_first():
         raise VLLMValidationError("prompt too long")
     with pytest.raises(VLLMValidationError, match="prompt too long"):
         PATCH.make_wrapper(failing)(processor(vispec=True), None, PROMPTS["image and video"])
+
+
+@pytest.mark.parametrize("target", ["qwen3_vl", "qwen3_vl_moe"])
+def test_qwen3_vl_engines_take_images_with_videos(target):
+    original = Recorder()
+    proc = processor(vispec=True, target=target)
+    PATCH.make_wrapper(original)(proc, None, PROMPTS["image and video"])
+    assert original.calls == [((proc, None, PROMPTS["image and video"]), {})]

@@ -38,8 +38,8 @@ def compresses_videos(vllm_config) -> bool:
 def _make_wrapper(original):
     def _validate_model_inputs(self, encoder_input, decoder_input):
         original(self, encoder_input, decoder_input)
-        if uses_vispec_draft(self.vllm_config) and compresses_videos(self.vllm_config) \
-                and mixed_media(decoder_input):
+        if uses_vispec_draft(self.vllm_config) and mixed_media(decoder_input) \
+                and compresses_videos(self.vllm_config):
             from vllm.exceptions import VLLMValidationError
             raise VLLMValidationError(MIXED_MEDIA_MESSAGE)
     return _validate_model_inputs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,6 +47,12 @@ def build_tiny_draft(target: Path, out: Path, seed: int = 0, num_q: int = 2,
                      identity_fc: bool = True) -> None:
     target_cfg = json.loads((target / "config.json").read_text())
     dims = draft_dims_for_target(target_cfg, num_q)
+    if target_cfg.get("model_type", "").startswith("qwen3"):
+        # The target's GQA and no q/k/v bias, as Automodel's Qwen3-VL drafts had before it
+        # pinned ViSpec's released architecture: the tests then serve a GQA draft whose
+        # head_dim is not hidden / heads.
+        text = target_cfg["text_config"]
+        dims = replace(dims, num_kv_heads=text["num_key_value_heads"], qkv_bias=False)
     (embed,) = [v for k, v in load_file(target / "model.safetensors").items()
                 if k.endswith("embed_tokens.weight")]
     out.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,11 @@ def target_features(path: str | Path, token_ids: list[int], images: list,
     model, processor = load_target(str(path))
     kwargs = dict(processor.image_processor(images=images, return_tensors="pt",
                                             **(image_kwargs or {}))) if images else {}
+    if images and "mm_token_type_ids" in processor.model_input_names:
+        # Qwen3-VL's M-RoPE reads each token's modality from it (the processor's call
+        # makes it from the text; here the tokens are given).
+        kwargs["mm_token_type_ids"] = torch.tensor(
+            processor.create_mm_token_type_ids([token_ids]))
     out = model(input_ids=torch.tensor([token_ids]), output_hidden_states=True, **kwargs)
     embeds, hidden = out.hidden_states[0][0], out.hidden_states[-1][0]
     lm_head = model.get_output_embeddings().weight
