@@ -15,7 +15,7 @@ from vllm_vispec.selfcheck.kernel_checks import KERNEL_FILES
 from vllm_vispec.selfcheck.processes import ProcessRun, engine_env
 
 SCRIPT = Path(sys.executable).with_name("vispec-selfcheck")
-TARGETS = ("llava", "qwen2_5_vl")
+TARGETS = ("llava", "qwen2_5_vl", "qwen3_vl")  # the default ones
 EQUALITY_ROWS = ("text only", "one image", "two images", "batched (3)")
 
 

@@ -41,7 +41,8 @@ from .results import FAIL, CheckResult, failed
 from .table import HOW_TO_READ, render
 
 GROUPS = ("kernels", "chains", "trees")
-TARGETS = ("llava", "qwen2_5_vl")
+TARGETS = ("llava", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+DEFAULT_TARGETS = ("llava", "qwen2_5_vl", "qwen3_vl")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated checks to run, from kernels, chains, trees "
                    "(default: all)")
     p.add_argument("--skip-trees", action="store_true", help="do not run the tree checks")
-    p.add_argument("--targets", default=",".join(TARGETS),
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help="comma-separated tiny targets (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=24,
                    help="tokens generated per prompt and compared (default: %(default)s)")
