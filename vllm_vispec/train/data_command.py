@@ -54,10 +54,12 @@ def add_prompt_options(p: argparse.ArgumentParser) -> None:
                    "--max-model-len to match; ViSpec answers up to 1024 tokens)")
     p.add_argument("--min-pixels", type=int, default=None,
                    help="Qwen-VL targets: smallest picture area after resizing (default: "
-                   "ViSpec's 256*28*28); no effect for LLaVA")
+                   "ViSpec's 256*28*28 for Qwen2.5-VL, the processor's own for Qwen3-VL); "
+                   "no effect for LLaVA")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="Qwen-VL targets: largest picture area after resizing (default: "
-                   "ViSpec's 1280*28*28); no effect for LLaVA")
+                   "ViSpec's 1280*28*28 for Qwen2.5-VL, the processor's own for Qwen3-VL); "
+                   "no effect for LLaVA")
     p.add_argument("--max-model-len", type=int, default=1024,
                    help="vLLM context for prompt and answer (%(default)s)")
     p.add_argument("--kv-cache-gib", type=float, default=1.0,
@@ -78,17 +80,22 @@ def data_settings(args) -> dict:
 
 def run_data(args) -> None:
     from .data import build_dataset
-    from .pixel_limits import pixel_limits_for
+    from .pixel_limits import QWEN3_VL_TYPES, pixel_limits_for, processor_pixel_range
     from .prompts import is_entry, open_prompts
     if args.max_tokens >= args.max_model_len:
         raise SystemExit(f"vispec-train data: --max-tokens {args.max_tokens} leaves no room "
                          f"for the prompt in --max-model-len {args.max_model_len}")
     target_cfg = json.loads((args.target / "config.json").read_text())
+    given = args.min_pixels is not None or args.max_pixels is not None
+    # Qwen3-VL: a limit not given stays the processor's (HF's call needs both edges).
+    own = processor_pixel_range(args.target) \
+        if given and target_cfg.get("model_type") in QWEN3_VL_TYPES else None
     try:
-        pixels = pixel_limits_for(target_cfg, args.min_pixels, args.max_pixels)
+        pixels = pixel_limits_for(target_cfg, args.min_pixels, args.max_pixels,
+                                  processor_range=own)
     except ValueError as e:
         raise SystemExit(f"vispec-train data: {e}") from None
-    if pixels is None and (args.min_pixels is not None or args.max_pixels is not None):
+    if pixels is None and given:
         print(f"[vispec-train] --min-pixels/--max-pixels ignored: a "
               f"{target_cfg.get('model_type')} target resizes pictures to a fixed size")
     count = args.num_prompts
