@@ -23,8 +23,8 @@ import os
 import time
 from pathlib import Path
 
-from common import (NO_COUNTS, acceptance, held_out_prompts, resolve_target, spec_metrics,
-                    speculative_config)
+from common import (NO_COUNTS, acceptance, demo_picture_size, held_out_prompts, resolve_target,
+                    spec_metrics, speculative_config)
 
 
 def run(target: str, method: str, k: int, prompts, max_tokens: int) -> dict:
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     target = resolve_target(args.target)
-    prompts = held_out_prompts(args.num_prompts, args.seed)
+    prompts = held_out_prompts(args.num_prompts, args.seed, demo_picture_size(target))
     baseline = run(target, "none", 0, prompts, args.max_tokens)
     results = [baseline]
     for method in args.method:

@@ -5,6 +5,9 @@ Targets and drafts are folders (HF format), hub ids, or local shorthands:
 
 - ``demo``: the trained demo target (``python -m vllm_vispec.tiny.demo_target``), and as a
   draft (``vispec=demo``, ``eagle=demo``) its ViSpec / text-only EAGLE draft;
+- ``demo-36``, ``demo-144``, ``demo-576``: the image-token series (``benchmarks/image_tokens.py``),
+  the demo domain at 36, 144 or 576 image tokens per picture, and as a draft its ViSpec /
+  text-only EAGLE draft;
 - ``tiny:llava``, ``tiny:qwen2_5_vl``: the random-weight test models and their drafts.
 """
 
@@ -45,7 +48,7 @@ def mm_processor_kwargs(name: str, target: str, setting: str = "auto") -> dict:
         if not isinstance(value, dict):
             raise SystemExit(f"--mm-processor-kwargs wants a JSON object, got {setting!r}")
         return value
-    if name == "demo" or name.startswith("tiny:"):
+    if is_demo(name) or name.startswith("tiny:"):
         return {}
     config = Path(target) / "config.json"
     model_type = (json.loads(config.read_text()).get("model_type", "")
@@ -54,10 +57,38 @@ def mm_processor_kwargs(name: str, target: str, setting: str = "auto") -> dict:
     return dict(QWEN_PIXEL_LIMITS) if is_qwen else {}
 
 
+def series_tokens(name: str) -> int | None:
+    """The image tokens per picture of a ``demo-N`` shorthand, None for other names."""
+    head, _, tokens = name.partition("-")
+    if head != "demo" or not tokens:
+        return None
+    if not tokens.isdigit():
+        raise SystemExit(f"{name!r}: the image-token series is demo-36, demo-144 or demo-576")
+    return int(tokens)
+
+
+def is_demo(name: str) -> bool:
+    return name == "demo" or series_tokens(name) is not None
+
+
+def demo_picture_size(target: str) -> int:
+    """The side of the pictures a demo-domain target sees (its processor's crop size), so
+    held-out pictures are drawn at it; 84 (the demo target's) for other targets."""
+    config = Path(target) / "preprocessor_config.json"
+    if config.is_file():
+        crop = json.loads(config.read_text()).get("crop_size")
+        if isinstance(crop, dict) and "height" in crop:
+            return int(crop["height"])
+    return 84
+
+
 def resolve_target(name: str) -> str:
     if name == "demo":
         from vllm_vispec.tiny import trained_demo_target
         return str(trained_demo_target())
+    if (tokens := series_tokens(name)) is not None:
+        from vllm_vispec.tiny import image_token_target
+        return str(image_token_target(tokens))
     if name.startswith("tiny:"):
         from vllm_vispec.tiny import tiny_target
         return str(tiny_target(name.split(":", 1)[1]))
@@ -68,6 +99,9 @@ def resolve_draft(name: str, method: str) -> str:
     if name == "demo":
         from vllm_vispec.tiny import trained_demo_drafts
         return str(trained_demo_drafts()[method])
+    if (tokens := series_tokens(name)) is not None:
+        from vllm_vispec.tiny import image_token_drafts
+        return str(image_token_drafts(tokens)[method])
     if name.startswith("tiny:"):
         if method != "vispec":
             raise SystemExit("tiny targets have ViSpec drafts only: use vispec=tiny:KIND")
@@ -105,12 +139,12 @@ def speculative_config(method: str, k: int) -> dict | None:
 def serve_args(dtype: str, max_model_len: int, max_num_seqs: int, name: str,
                spec: dict | None, enforce_eager: bool = True,
                max_num_batched_tokens: int | None = None,
-               mm_kwargs: dict | None = None) -> list[str]:
-    """``vllm serve`` arguments of the benchmark servers (two pictures a prompt, seed 0);
+               mm_kwargs: dict | None = None, max_images: int = 2) -> list[str]:
+    """``vllm serve`` arguments of the benchmark servers (``max_images`` a prompt, seed 0);
     ``max_num_batched_tokens`` None keeps vLLM's default token budget."""
     out = ["--dtype", dtype, "--max-model-len", str(max_model_len),
            "--max-num-seqs", str(max_num_seqs), "--served-model-name", name,
-           "--limit-mm-per-prompt", json.dumps({"image": 2}), "--seed", "0"]
+           "--limit-mm-per-prompt", json.dumps({"image": max_images}), "--seed", "0"]
     out += ["--enforce-eager"] if enforce_eager else []
     if mm_kwargs:
         out += ["--mm-processor-kwargs", json.dumps(mm_kwargs)]
@@ -128,10 +162,11 @@ def parse_tree(value: str) -> dict:
     return {"depth": depth, "top_k": top_k, "total_tokens": total}
 
 
-def held_out_prompts(count: int, seed: int) -> list[tuple[list, list]]:
-    """Image prompts of the demo domain, from a seed the training data does not use."""
+def held_out_prompts(count: int, seed: int, image_size: int = 84) -> list[tuple[list, list]]:
+    """Image prompts of the demo domain, from a seed the training data does not use,
+    pictures drawn ``image_size`` pixels square."""
     from vllm_vispec.tiny.prompts import demo_prompts
-    return demo_prompts(count, seed)
+    return demo_prompts(count, seed, image_size=image_size)
 
 
 NO_COUNTS = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0,

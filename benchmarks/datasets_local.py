@@ -1,6 +1,7 @@
 """Prompt sets for the benchmarks: (chat messages, PIL images) pairs.
 
 - ``demo``: held-out pictures of the demo domain (runs anywhere, no download);
+- ``demo-multi``: the same with 2 to 4 pictures a prompt;
 - ``*.jsonl``: one ``{"image": PATH, "question": TEXT}`` per line (``prompt`` or ``text``
   also name the question); paths are relative to the file. MMStar, VisionArena or any set
   exported this way;
@@ -60,13 +61,19 @@ def _parquet(path: Path) -> list[tuple[Image.Image | Path, str]]:
             for row in frame.to_dict("records")]
 
 
-def load_prompts(name: str, count: int, seed: int) -> list[tuple[list, list]]:
+def load_prompts(name: str, count: int, seed: int,
+                 image_size: int = 84) -> list[tuple[list, list]]:
+    """``count`` prompts of dataset ``name``; demo pictures are drawn ``image_size``
+    pixels square."""
     if name == "demo":
-        return held_out_prompts(count, seed)
+        return held_out_prompts(count, seed, image_size)
+    if name == "demo-multi":
+        from vllm_vispec.tiny.prompts import multi_picture_prompts
+        return multi_picture_prompts(count, seed, image_size)
     path = Path(name)
     readers = {".jsonl": _jsonl, ".json": _coco, ".parquet": _parquet}
     if path.suffix not in readers or not path.is_file():
-        raise SystemExit(f"--dataset {name!r}: use demo or an existing .jsonl, COCO .json or "
+        raise SystemExit(f"--dataset {name!r}: use demo, demo-multi or an existing .jsonl, COCO .json or "
                          ".parquet file (see benchmarks/datasets_local.py)")
     rows = readers[path.suffix](path)
     if not rows:

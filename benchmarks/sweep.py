@@ -80,7 +80,8 @@ def run_configuration(target: str, method: str, k: int, prompts, levels: list[in
     common.TREE.update(args.tree or {})  # a spawned process starts from the defaults
     started = time.perf_counter()
     llm = LLM(model=target, dtype=args.dtype, max_model_len=args.max_model_len,
-              enforce_eager=args.enforce_eager, limit_mm_per_prompt={"image": 2},
+              enforce_eager=args.enforce_eager,
+              limit_mm_per_prompt={"image": args.max_images},
               mm_processor_kwargs=args.mm_kwargs or None,
               max_num_seqs=max(levels), disable_log_stats=False, seed=0,
               speculative_config=speculative_config(method, k),
@@ -122,7 +123,7 @@ def run_configuration_served(target: str, method: str, k: int, prompts, levels: 
     cli_args = common.serve_args(args.dtype, args.max_model_len, max(levels), "bench", spec,
                                  enforce_eager=args.enforce_eager,
                                  max_num_batched_tokens=args.max_num_batched_tokens,
-                                 mm_kwargs=args.mm_kwargs)
+                                 mm_kwargs=args.mm_kwargs, max_images=args.max_images)
     log = args.out / "logs" / f"{method.split('=')[0]}-k{k}.log"
     started = time.perf_counter()
     with VllmServer(target, cli_args, log_path=log) as server:
@@ -140,10 +141,11 @@ def main(argv=None) -> int:
                    help="the CPU quick mode: demo target; none, ngram, eagle=demo (k 3), "
                    "vispec=demo (k 1-5); concurrency 1 4 16; 16 prompts of 96 tokens")
     p.add_argument("--target", default="demo",
-                   help="target folder or hub id, demo or tiny:KIND (%(default)s)")
+                   help="target folder or hub id, demo, demo-36/144/576 (the image-token "
+                   "series) or tiny:KIND (%(default)s)")
     p.add_argument("--method", action="append", default=None,
                    help="none, ngram, eagle=DRAFT, vispec=DRAFT or vispec-tree=DRAFT "
-                   "(repeatable); DRAFT may be demo. Default: none, ngram, eagle=demo, "
+                   "(repeatable); DRAFT may be demo or demo-N. Default: none, ngram, eagle=demo, "
                    "vispec=demo")
     p.add_argument("-k", "--num-speculative-tokens", type=int, nargs="+", default=[1, 2, 3, 4, 5],
                    help="draft lengths to run (%(default)s)")
@@ -151,12 +153,16 @@ def main(argv=None) -> int:
                    help="tree of the vispec-tree method (default 3,8,30, the paper's)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--dataset", default="demo",
-                   help="demo (held-out pictures of the demo domain) or a dataset file; see "
+                   help="demo (held-out pictures of the demo domain), demo-multi (2 to 4 "
+                   "of them a prompt; raise --max-images) or a dataset file; see "
                    "benchmarks/datasets_local.py (%(default)s)")
     p.add_argument("--num-prompts", type=int, default=None,
                    help="requests per level (default: max(prompts, 2 x concurrency))")
     p.add_argument("--prompts", type=int, default=32, help="distinct prompts (%(default)s)")
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-images", type=common.positive_int, default=2,
+                   help="pictures a prompt may hold (vLLM's limit_mm_per_prompt; "
+                   "%(default)s)")
     p.add_argument("--ignore-eos", action="store_true",
                    help="always generate --max-tokens tokens")
     p.add_argument("--seed", type=int, default=1000,
@@ -192,7 +198,8 @@ def main(argv=None) -> int:
 
     target = resolve_target(args.target)
     args.mm_kwargs = common.mm_processor_kwargs(args.target, target, args.mm_processor_kwargs)
-    prompts = load_prompts(args.dataset, args.prompts, args.seed)
+    prompts = load_prompts(args.dataset, args.prompts, args.seed,
+                           image_size=common.demo_picture_size(target))
     results = []
     for method, k in configurations(args.method, args.num_speculative_tokens, vispec_ks):
         if args.served:

@@ -61,7 +61,7 @@ def test_jsonl_and_coco_prompt_files(tmp_path):
         {"images": [{"id": 1, "file_name": "p1.png"}], "annotations": []}))
     (messages, _), = load_prompts(str(tmp_path / "coco.json"), 5, seed=0)
     assert messages[0]["content"][1]["text"] == "Describe the image."
-    with pytest.raises(SystemExit, match="use demo or an existing"):
+    with pytest.raises(SystemExit, match="use demo, demo-multi or an existing"):
         load_prompts(str(tmp_path / "missing.jsonl"), 1, seed=0)
 
 

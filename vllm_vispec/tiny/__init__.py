@@ -97,3 +97,42 @@ def trained_demo_drafts() -> dict[str, Path]:
         ["recipe", "--target", str(target), "--out", str(out)]), key=DEMO_VERSION,
         marker="eagle/draft/config.json")
     return {arch: root / arch / "draft" for arch in ("vispec", "eagle")}
+
+
+# The image-token series (benchmarks/image_tokens.py): the demo target, then the same scenes
+# at 144 and 576 image tokens per picture, each warm-started from the one before
+# (tiny/scaled_target.py), with training minutes on the 2-core machine.
+IMAGE_TOKEN_SERIES = {36: 12.0, 144: 12.0, 576: 18.0}
+
+
+def image_token_target(image_tokens: int) -> Path:
+    """The series' target with ``image_tokens`` per picture, built (with the smaller ones
+    it starts from) if needed, then cached."""
+    if image_tokens not in IMAGE_TOKEN_SERIES:
+        raise ValueError(f"no demo target with {image_tokens} image tokens per picture; "
+                         f"choose from {sorted(IMAGE_TOKEN_SERIES)}")
+    minutes = IMAGE_TOKEN_SERIES[image_tokens]
+    sizes = sorted(IMAGE_TOKEN_SERIES)
+    if image_tokens == sizes[0]:
+        return trained_demo_target(minutes)
+    from .scaled_target import picture_size_for, train_scaled_target
+    base = image_token_target(sizes[sizes.index(image_tokens) - 1])
+    return _ensure(f"demo-target-{image_tokens}tok", lambda out: train_scaled_target(
+        base, out, picture_size_for(image_tokens), minutes),
+        key=f"{DEMO_VERSION}-{minutes:g}min")
+
+
+def image_token_drafts(image_tokens: int) -> dict[str, Path]:
+    """ViSpec and text-only EAGLE drafts for :func:`image_token_target`, trained by
+    ``vispec-train recipe`` with its defaults on pictures drawn at the target's size."""
+    from ..train.cli import main as vispec_train
+    from .scaled_target import picture_size_for
+    target = image_token_target(image_tokens)
+    pixels = picture_size_for(image_tokens)
+    prompts = ["--prompts", f"vllm_vispec.tiny.prompts:demo_prompts_{pixels}"] \
+        if pixels != 84 else []
+    minutes = IMAGE_TOKEN_SERIES[image_tokens]
+    root = _ensure(f"demo-drafts-{image_tokens}tok", lambda out: vispec_train(
+        ["recipe", "--target", str(target), "--out", str(out), *prompts]),
+        key=f"{DEMO_VERSION}-{minutes:g}min", marker="eagle/draft/config.json")
+    return {arch: root / arch / "draft" for arch in ("vispec", "eagle")}

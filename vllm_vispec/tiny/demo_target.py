@@ -52,13 +52,13 @@ def build_config(ids: dict[str, int]):
                        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2)
 
 
-def make_processor(tokenizer):
+def make_processor(tokenizer, image_size: int = IMAGE_SIZE):
     from transformers import CLIPImageProcessor, LlavaProcessor
     # White (the background) normalises to 0, so an empty cell's patch embeds to nothing
     # but its position and a shape stands out: with CLIP's usual mean and std a small model
     # did not learn to read a single shape's colour in 400 steps; with this it did.
-    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size},
                                          image_mean=[1.0, 1.0, 1.0], image_std=[0.5, 0.5, 0.5])
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
                           patch_size=PATCH_SIZE,
@@ -66,15 +66,21 @@ def make_processor(tokenizer):
                           num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)
 
 
+def picture_size(processor) -> int:
+    """The side of the square pictures the target's processor makes."""
+    return processor.image_processor.crop_size["height"]
+
+
 def training_batch(processor, rng: random.Random, size: int, max_items: int = 4):
     """Chat-formatted (question, picture, description) examples; labels on answers only."""
+    image_size = picture_size(processor)
     texts, images, answers = [], [], []
     for _ in range(size):
         scene = scenes.random_scene(rng, max_items=max_items)
         question = rng.choice(scenes.QUESTIONS)
         answers.append(scenes.describe(scene))
         texts.append(f"USER: <image>\n{question}\nASSISTANT:")
-        images.append(scenes.draw(scene, IMAGE_SIZE))
+        images.append(scenes.draw(scene, image_size))
     full = [f"{t} {a}</s>" for t, a in zip(texts, answers)]
     batch = processor(text=full, images=images, return_tensors="pt", padding=True)
     prompt_lens = [len(processor(text=t, images=i, return_tensors="pt")["input_ids"][0])
@@ -106,16 +112,17 @@ def pretrain_vision(model, processor, rng: random.Random, steps: int = 150,
     which, in 25 minutes (version 1)."""
     tower = model.model.vision_tower
     hidden = tower.config.hidden_size
+    image_size = picture_size(processor)
     heads = torch.nn.ModuleList([torch.nn.Linear(hidden, 1 + len(scenes.COLORS)),
                                  torch.nn.Linear(hidden, 1 + len(scenes.SHAPES))])
     opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=lr)
     accuracy = 0.0
     for _ in tqdm(range(steps), desc="vision pre-training", disable=not progress):
         batch = [scenes.random_scene(rng) for _ in range(batch_size)]
-        pixels = processor.image_processor([scenes.draw(sc, IMAGE_SIZE) for sc in batch],
+        pixels = processor.image_processor([scenes.draw(sc, image_size) for sc in batch],
                                            return_tensors="pt")["pixel_values"]
         feats = tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
-        side = IMAGE_SIZE // PATCH_SIZE
+        side = image_size // PATCH_SIZE
         labels = [torch.tensor([cell_labels(sc, side)[k] for sc in batch]) for k in (0, 1)]
         logits = [head(feats) for head in heads]
         loss = sum(torch.nn.functional.cross_entropy(lg.flatten(0, 1), lb.flatten())
@@ -144,8 +151,6 @@ def train_demo_target(out: Path, minutes: float = 30.0, batch_size: int = 16,
                       progress: bool = True, bf16: bool | None = None) -> dict:
     from transformers import LlavaForConditionalGeneration
 
-    from ..train.precision import resolve_bf16
-    bf16 = resolve_bf16(bf16)  # bf16 autocast where the CPU has it natively
     out.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(LLAVA_SPECIALS, VOCAB, seed, corpus=scenes.corpus(seed=seed))
     ids = {t: tok.token_to_id(t) for t in LLAVA_SPECIALS}
@@ -156,6 +161,23 @@ def train_demo_target(out: Path, minutes: float = 30.0, batch_size: int = 16,
     model = LlavaForConditionalGeneration(build_config(ids)).train()
     vision_accuracy = pretrain_vision(model, processor, random.Random(seed + 1),
                                       progress=progress)
+    report = train_language_model(model, processor, minutes, batch_size=batch_size, lr=lr,
+                                  projector_lr_scale=projector_lr_scale, seed=seed,
+                                  progress=progress, bf16=bf16)
+    save_target(model, processor, out)
+    return {**report, "vision_pretraining_accuracy": vision_accuracy}
+
+
+def train_language_model(model, processor, minutes: float, *, batch_size: int = 16,
+                         lr: float = 1e-3, projector_lr_scale: float = 3.0, seed: int = 0,
+                         single_shape_fraction: float = SINGLE_SHAPE_FRACTION,
+                         progress: bool = True, bf16: bool | None = None) -> dict:
+    """The projector and language model, the tower frozen, for ``minutes``: cosine over
+    the time budget, one shape per picture for the first ``single_shape_fraction``."""
+    from ..train.precision import resolve_bf16
+    bf16 = resolve_bf16(bf16)  # bf16 autocast where the CPU has it natively
+    tok = processor.tokenizer
+    model.train()
     # The pre-trained tower stays as it is; the projector, new, learns faster than the
     # language model.
     model.model.vision_tower.requires_grad_(False)
@@ -165,7 +187,7 @@ def train_demo_target(out: Path, minutes: float = 30.0, batch_size: int = 16,
     opt = torch.optim.AdamW([{"params": text, "scale": 1.0},
                              {"params": projector, "scale": projector_lr_scale}],
                             lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    content_ids = torch.tensor([tok.token_to_id(f"Ġ{w}")
+    content_ids = torch.tensor([tok.convert_tokens_to_ids(f"Ġ{w}")
                                 for w in (*scenes.COLORS, *scenes.SHAPES)])
     rng = random.Random(seed)
     budget = minutes * 60
@@ -180,7 +202,7 @@ def train_demo_target(out: Path, minutes: float = 30.0, batch_size: int = 16,
                 1 + math.cos(math.pi * elapsed / budget))
         # Curriculum: one shape per picture first, so any attention over the image reads
         # its colour and shape; the lookup by place is learned on top of that.
-        max_items = 1 if elapsed < SINGLE_SHAPE_FRACTION * budget else 4
+        max_items = 1 if elapsed < single_shape_fraction * budget else 4
         batch, labels = training_batch(processor, rng, batch_size, max_items)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             result = model(**batch, labels=labels)
@@ -198,14 +220,20 @@ def train_demo_target(out: Path, minutes: float = 30.0, batch_size: int = 16,
         bar.refresh()
     bar.close()
     model.eval()
+    return {"steps": step, "final_loss": sum(history[-20:]) / max(1, len(history[-20:])),
+            "content_accuracy": sum(seen[-20:]) / max(1, len(seen[-20:]))}
+
+
+def save_target(model, processor, out: Path) -> None:
+    """HF weights with the vision tower's keys as the published LLaVA checkpoints name
+    them, the processor and the tokenizer."""
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     weights = out / "model.safetensors"
     state = {_llava_key(k): v.clone() for k, v in load_file(weights).items()}
     save_file(state, weights, metadata={"format": "pt"})
     processor.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return {"steps": step, "final_loss": sum(history[-20:]) / max(1, len(history[-20:])),
-            "vision_pretraining_accuracy": vision_accuracy}
+    processor.tokenizer.save_pretrained(out)
 
 
 @torch.no_grad()
@@ -220,7 +248,8 @@ def evaluate_demo_target(path: Path, count: int = 20, seed: int = 12345,
     for _ in range(count):
         scene = scenes.random_scene(rng)
         inputs = processor(text="USER: <image>\nDescribe the image.\nASSISTANT:",
-                           images=scenes.draw(scene, IMAGE_SIZE), return_tensors="pt")
+                           images=scenes.draw(scene, picture_size(processor)),
+                           return_tensors="pt")
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         answer = out[0, inputs["input_ids"].shape[1]:]
         lengths.append(len(answer))
