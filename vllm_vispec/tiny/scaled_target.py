@@ -78,7 +78,7 @@ def scaled_model(base, image_size: int):
 
 def train_scaled_target(base_path: Path, out: Path, image_size: int, minutes: float,
                         seed: int = 0, vision_steps: int = 150, lr: float = 5e-4,
-                        progress: bool = True) -> dict:
+                        batch_size: int = 16, progress: bool = True) -> dict:
     """The target at ``base_path`` retrained for ``image_size``-pixel pictures (see the
     module's docstring). The language model starts trained, so it gets half the demo
     target's learning rate and the single-shape warm-up is short."""
@@ -91,7 +91,7 @@ def train_scaled_target(base_path: Path, out: Path, image_size: int, minutes: fl
     # projector was trained on.
     vision_accuracy = pretrain_vision(model, processor, random.Random(seed + 1),
                                       steps=vision_steps, lr=1e-3, progress=progress)
-    report = train_language_model(model, processor, minutes, lr=lr, seed=seed,
-                                  single_shape_fraction=0.05, progress=progress)
+    report = train_language_model(model, processor, minutes, batch_size=batch_size, lr=lr,
+                                  seed=seed, single_shape_fraction=0.05, progress=progress)
     save_target(model, processor, out)
     return {**report, "vision_pretraining_accuracy": vision_accuracy}
