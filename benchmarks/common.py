@@ -72,11 +72,16 @@ def is_demo(name: str) -> bool:
 
 
 def demo_picture_size(target: str) -> int:
-    """The side of the pictures a demo-domain target sees (its processor's crop size), so
-    held-out pictures are drawn at it; 84 (the demo target's) for other targets."""
-    config = Path(target) / "preprocessor_config.json"
-    if config.is_file():
-        crop = json.loads(config.read_text()).get("crop_size")
+    """The side of the pictures a demo-domain target sees (its processor's crop size, in
+    the processor file or the older image-processor file), so held-out pictures are drawn
+    at it; 84 (the demo target's) for other targets."""
+    for name, section in (("processor_config.json", "image_processor"),
+                          ("preprocessor_config.json", None)):
+        config = Path(target) / name
+        if not config.is_file():
+            continue
+        data = json.loads(config.read_text())
+        crop = (data.get(section) or {} if section else data).get("crop_size")
         if isinstance(crop, dict) and "height" in crop:
             return int(crop["height"])
     return 84

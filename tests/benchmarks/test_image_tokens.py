@@ -29,6 +29,15 @@ def test_pictures_are_drawn_at_the_targets_crop_size(tmp_path):
         {"crop_size": {"height": 336, "width": 336}}))
     assert demo_picture_size(str(tmp_path)) == 336
     assert demo_picture_size(str(tmp_path / "elsewhere")) == 84
+    # What a series target's processor writes (transformers' current file layout).
+    from vllm_vispec.tiny.demo_target import make_processor
+    from vllm_vispec.tiny.targets import LLAVA_CHAT_TEMPLATE, LLAVA_SPECIALS
+    from vllm_vispec.tiny.tokenizer import train_tokenizer, wrap
+    tokenizer = wrap(train_tokenizer(LLAVA_SPECIALS, 128, corpus=["a red circle"]),
+                     LLAVA_CHAT_TEMPLATE, unk_token="<unk>", bos_token="<s>",
+                     eos_token="</s>", pad_token="<pad>")
+    make_processor(tokenizer, 168).save_pretrained(tmp_path / "saved")
+    assert demo_picture_size(str(tmp_path / "saved")) == 168
     (_, images), = load_prompts("demo", 1, 5, image_size=336)
     assert images[0].size == (336, 336)
 
