@@ -214,12 +214,14 @@ def write(series: list[dict], args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"command": "python benchmarks/image_tokens.py " + " ".join(sys.argv[1:]),
               "concurrency": args.concurrency, "prompts": args.prompts,
-              "max_tokens": args.max_tokens, "series": series}
+              "max_tokens": args.max_tokens, "multi_prompts": args.multi_prompts,
+              "long_max_tokens": args.long_max_tokens, "series": series}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    text = ("## One picture a prompt\n\n" + table(series, args.concurrency)
-            + f"\n## 2 to {MAX_PICTURES} pictures a prompt, {args.long_max_tokens}-token answers"
-            " (past the target's end of answer)\n\n"
-            + table(series, args.concurrency, key="multi_picture"))
+    text = "## One picture a prompt\n\n" + table(series, args.concurrency)
+    if any("multi_picture" in entry for entry in series):
+        text += (f"\n## 2 to {MAX_PICTURES} pictures a prompt, {args.long_max_tokens}-token "
+                 "answers (past the target's end of answer)\n\n"
+                 + table(series, args.concurrency, key="multi_picture"))
     (args.out / "table.md").write_text(text)
     plot(series, args.concurrency, args.out / "image-tokens.png")
 
