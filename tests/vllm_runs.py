@@ -39,7 +39,10 @@ def offline_llm(kind: str, speculative_config: dict | None = None, **kwargs):
         yield llm
     finally:
         del llm
+        # The engine's shutdown unfroze the heap; freeze it again (see conftest's
+        # _frozen_heap) so the next engine of this test skips it too.
         gc.collect()
+        gc.freeze()
 
 
 def greedy_params():

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
-from vllm_runs import vispec_config
+from vllm_runs import engine_args, vispec_config
 
 from vllm_vispec.model.layout import DraftDims
 from vllm_vispec.serve_process import VllmServer
@@ -72,19 +72,21 @@ def test_vispec_selects_the_classic_model_runner():
 
 
 def test_wrong_vllm_version_refuses_vispec_and_leaves_other_engines_alone():
-    spec = vispec_config("llava", 2)
+    # The tests' engine settings (small KV cache, few sequences), as every other engine here.
+    plain = engine_args("llava")
+    spec = engine_args("llava", vispec_config("llava", 2))
     code = ("import vllm; vllm.__version__ = '0.33.0'\n"
             "from vllm import LLM, SamplingParams\n"
-            f"llm = LLM(model={str(tiny_target('llava'))!r}, max_model_len=512, "
-            "enforce_eager=True)\n"
+            f"llm = LLM(**{plain!r})\n"
             "out = llm.generate('a b c', SamplingParams(max_tokens=3, temperature=0))\n"
             "print('PLAIN TOKENS', len(out[0].outputs[0].token_ids), flush=True)\n"
-            f"LLM(model={str(tiny_target('llava'))!r}, max_model_len=512, "
-            f"speculative_config={spec!r})\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=600, env={**os.environ,
-                                            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
-    assert "PLAIN TOKENS 3" in proc.stdout, proc.stderr[-3000:]
+            "del llm\n"
+            f"LLM(**{spec!r})\n")
+    # faulthandler: a crash of the engine prints where it happened instead of nothing.
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    assert "PLAIN TOKENS 3" in proc.stdout, (proc.returncode, proc.stderr[-3000:])
     assert proc.returncode != 0
     assert "RuntimeError: vllm-vispec supports vLLM 0.32.x only, but vLLM 0.33.0 is " \
            "installed" in proc.stderr
