@@ -34,15 +34,8 @@ def baseline():
 
 @pytest.fixture(autouse=True)
 def _frozen_heap():
-    """Keeps what earlier tests left alive out of the garbage collector's full passes.
-
-    vLLM collects the whole heap about a dozen times while it builds an engine (after each
-    model load, before freezing it), and unfreezes it when an engine shuts down; in a test
-    process that holds torch, transformers and vLLM that is about 0.4 s a pass. Collecting
-    once and freezing before a test that finds the heap unfrozen leaves those passes only
-    the objects made since. Garbage is collected before each freeze, so nothing leaks."""
-    import gc
-    if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()
+    """Engines that tests build with vLLM's LLM directly skip the frozen heap too (see
+    vllm_runs.freeze_heap); an engine's shutdown unfreezes it, so this runs per test."""
+    from heap import freeze_heap
+    freeze_heap()
     yield

@@ -84,7 +84,8 @@ def run_plain(request: dict) -> dict:
     from vllm import LLM, SamplingParams
 
     # The import-time heap (torch, transformers, vLLM) stays out of the dozen full garbage
-    # collections vLLM makes while building the engine; it computes nothing differently.
+    # collections vLLM makes while building the engine (as vllm_runs.freeze_heap, which
+    # this script cannot import); it computes nothing differently.
     gc.collect()
     gc.freeze()
     llm = LLM(**request["engine"])

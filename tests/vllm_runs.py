@@ -7,6 +7,8 @@ import gc
 import os
 from contextlib import contextmanager
 
+from heap import freeze_heap
+
 from vllm_vispec.tiny import tiny_draft, tiny_target
 
 MAX_TOKENS = 40
@@ -34,15 +36,13 @@ def offline_llm(kind: str, speculative_config: dict | None = None, **kwargs):
     # tests cover vLLM's default multi-process layout.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
+    freeze_heap()
     llm = LLM(**engine_args(kind, speculative_config, **kwargs))
     try:
         yield llm
     finally:
         del llm
-        # The engine's shutdown unfroze the heap; freeze it again (see conftest's
-        # _frozen_heap) so the next engine of this test skips it too.
         gc.collect()
-        gc.freeze()
 
 
 def greedy_params():

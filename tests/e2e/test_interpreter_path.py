@@ -33,8 +33,8 @@ inside = pytest.mark.skipif(
     reason=f"runs in test_kernels_run_inside_vllm's subprocess ({KERNELS_ENV}=triton)")
 
 # The interpreter is slow: short generations (a prefix of the 40-token baselines).
-BATCH_TOKENS = 12
-ALONE_TOKENS = 8
+BATCH_TOKENS = 8
+ALONE_TOKENS = 6
 # Trees for a request alone, chains of num_speculative_tokens for the batch.
 TREE = {"depth": 2, "top_k": 4, "total_tokens": 11, "chain_above_batch": 1,
         "off_above_batch": 64}

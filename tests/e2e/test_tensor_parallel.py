@@ -24,7 +24,9 @@ def tp2(monkeypatch) -> dict:
     return dict(tensor_parallel_size=2, distributed_executor_backend="mp")
 
 
-@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl", "qwen3_vl"])
+# LLaVA (1-D positions, chains and trees) and Qwen3-VL (M-RoPE, grouped KV heads split
+# over the ranks, an explicit head_dim): between them every way the draft is sharded.
+@pytest.mark.parametrize("kind", ["llava", "qwen3_vl"])
 def test_vispec_at_tp2_matches_no_speculation(kind, tp2, baseline):
     convs = conversations()
     expected = plain_greedy(kind, convs, **tp2)
