@@ -4,10 +4,11 @@ target's tree verification run as the Triton kernels (in Triton's interpreter) i
 engine, and the output is still the target's and the draft still ViSpec's.
 
 Everything runs in one subprocess pytest with the setting on, so no interpreted kernel ever
-reaches this process: the two tests below marked ``inside`` (greedy equality, both tiny
-targets: text-only, one- and two-image prompts batched with chains of 3, then a two-image
-prompt alone with trees) and one existing case of test_draft_fidelity.py (tokens and logits
-of every draft step against the reference draft). The subprocess's plugin
+reaches this process: the test below marked ``inside`` (greedy equality on the tiny
+Qwen2.5-VL, and LLaVA with VISPEC_FULL_MATRIX=1: text-only, one- and two-image prompts
+batched with chains of 3, then a two-image prompt alone with trees) and one existing case
+of test_draft_fidelity.py (tokens and logits of every draft step against the reference
+draft). The subprocess's plugin
 (kernel_launch_report.py) records each test's kernel launches; the outer test requires every
 case to pass and every kernel to have run in it. The kernels' shape checks raise under the
 setting instead of falling back, so a pass means the kernels computed it.
@@ -23,6 +24,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from matrix import rows
 
 from vllm_vispec.kernel_dispatch import KERNELS_ENV
 
@@ -40,6 +42,9 @@ TREE = {"depth": 2, "top_k": 4, "total_tokens": 11, "chain_above_batch": 1,
         "off_above_batch": 64}
 FIDELITY_CASE = ("tests/e2e/test_draft_fidelity.py::"
                  "test_draft_tokens_and_logits_match_the_reference[qwen2_5_vl-whole-prefill]")
+# Qwen2.5-VL runs every kernel with M-RoPE positions and pictures of two sizes; LLaVA
+# runs the same kernels again (about a minute in the interpreter).
+KINDS = rows(["qwen2_5_vl"], ["llava"])
 DRAFT_KERNELS = ("image_compression", "compressed_attention")
 TREE_KERNELS = ("tree_attention.draft", "tree_attention.target")
 
@@ -52,7 +57,7 @@ def _greedy(llm, convs: dict, max_tokens: int) -> dict[str, list[int]]:
 
 
 @inside
-@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_interpreted_kernels_match_no_speculation(kind, baseline):
     import triton
     from prompts import conversations
@@ -85,7 +90,7 @@ def test_kernels_run_inside_vllm(tmp_path):
     report, junit = tmp_path / "launches.json", tmp_path / "junit.xml"
     this = Path(__file__).relative_to(ROOT)
     own_cases = [f"{this}::test_interpreted_kernels_match_no_speculation[{kind}]"
-                 for kind in ("llava", "qwen2_5_vl")]
+                 for kind in KINDS]
     env = {**os.environ, KERNELS_ENV: "triton", "VISPEC_LAUNCH_REPORT": str(report),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
                                                        os.environ.get("PYTHONPATH")]))}
@@ -101,7 +106,8 @@ def test_kernels_run_inside_vllm(tmp_path):
     suite = ET.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")}
-    assert counts == {"tests": 3, "failures": 0, "errors": 0, "skipped": 0}, counts
+    expected = {"tests": len(own_cases) + 1, "failures": 0, "errors": 0, "skipped": 0}
+    assert counts == expected, counts
 
     launches = json.loads(report.read_text())
     for case in own_cases:

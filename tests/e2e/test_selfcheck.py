@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from matrix import rows
+
 from vllm_vispec.selfcheck.engine_checks import equality_rows, tie_margin_for
 from vllm_vispec.selfcheck.equality import compare_greedy
 from vllm_vispec.selfcheck.kernel_checks import KERNEL_FILES
@@ -17,7 +19,7 @@ from vllm_vispec.selfcheck.processes import ProcessRun, engine_env
 SCRIPT = Path(sys.executable).with_name("vispec-selfcheck")
 # Two of the default targets (1-D positions; M-RoPE with DeepStack): the rows are made
 # alike for every target, and the e2e tests take each target through the same engines.
-TARGETS = ("llava", "qwen3_vl")
+TARGETS = tuple(rows(["llava", "qwen3_vl"], ["qwen2_5_vl"]))
 EQUALITY_ROWS = ("text only", "one image", "two images", "batched (3)")
 
 

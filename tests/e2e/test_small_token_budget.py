@@ -3,8 +3,9 @@
 With ``max_num_batched_tokens`` below two pictures' tokens, vLLM's encoder cache holds less
 than two pictures. Under the EAGLE look-ahead of vLLM 0.32 a prompt whose second picture
 follows its first one token later (LLaVA's ``<image>\\n``) was then scheduled no tokens for
-ever, and the engine never finished (patches/encoder_budget.py). Each engine runs in a
-subprocess with a timeout, so a hang fails the test instead of hanging it.
+ever, and the engine never finished (patches/encoder_budget.py). The engines run one after
+another in a subprocess (vLLM imported once) that is watched: a case that does not finish
+within a timeout is a hang, fails its test and ends the subprocess, instead of hanging.
 
 The tiny LLaVA's pictures are 16 image tokens: budgets 12 (below one picture), 16 and 24
 (above one, below two), chains and trees, all prompts in one batch: text-only, one
@@ -19,12 +20,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
-ENGINE_TIMEOUT_S = 300  # a run takes 15-25 s on 2 cores
+ENGINE_TIMEOUT_S = 300  # a case takes 5-15 s on 2 cores (the first also imports vLLM)
 MAX_TOKENS = 24
 TREE = {"depth": 2, "top_k": 4, "total_tokens": 11, "chain_above_batch": 64,
         "off_above_batch": 64}
@@ -61,12 +63,35 @@ def expected():
     return {name: ids for name, (ids, _text) in zip(convs, outs)}
 
 
-@pytest.mark.parametrize("shape,budget", CASES)
-def test_small_budget_finishes_with_plain_text(shape, budget, expected):
+def case_name(shape: str, budget: int) -> str:
+    return f"{shape}-{budget}"
+
+
+@pytest.fixture(scope="module")
+def engine_runs() -> dict:
+    """Every case's engine result by case name (see run_cases)."""
     from vllm_runs import vispec_config
-    spec = vispec_config("llava", 3, **({"tree": TREE} if shape == "tree" else {}))
-    got = run_engine({"speculative_config": spec, "max_num_batched_tokens": budget,
-                      "conversations": batch(), "sampling": greedy()})
+    requests = [{"case": case_name(shape, budget),
+                 "speculative_config": vispec_config(
+                     "llava", 3, **({"tree": TREE} if shape == "tree" else {})),
+                 "max_num_batched_tokens": budget, "conversations": batch(),
+                 "sampling": greedy()} for shape, budget in CASES]
+    return run_cases(requests)
+
+
+@pytest.mark.parametrize("shape,budget", CASES)
+def test_small_budget_finishes_with_plain_text(shape, budget, expected, engine_runs):
+    case = case_name(shape, budget)
+    if case not in engine_runs["results"]:
+        if engine_runs["hung"] == case:
+            pytest.fail(f"the engine did not finish in {ENGINE_TIMEOUT_S} s (hang):\n"
+                        f"{engine_runs['log']}")
+        if engine_runs["hung"]:
+            pytest.fail(f"not run: {engine_runs['hung']} hung before it, in the same "
+                        "subprocess")
+        pytest.fail(f"the engine run ended ({engine_runs['returncode']}) before this case "
+                    f"finished:\n{engine_runs['log']}")
+    got = engine_runs["results"][case]
     # The configuration is the one that hung: the encoder cache holds fewer than two
     # pictures, and the batch has a prompt whose pictures are one token apart.
     assert got["encoder_cache_size"] < 2 * picture_tokens()
@@ -78,28 +103,43 @@ def test_small_budget_finishes_with_plain_text(shape, budget, expected):
         assert got["modes"]["tree"] > 0
 
 
-def run_engine(request: dict) -> dict:
+def run_cases(requests: list[dict]) -> dict:
+    """Runs each request's engine in turn in one subprocess, which writes a line per
+    finished case. A case still running after ENGINE_TIMEOUT_S is a hang: the subprocess
+    is killed and the case named. Returns the results by case, the hung case (or None),
+    the exit status and the tail of the subprocess's output."""
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     env.pop("TRITON_INTERPRET", None)
     with tempfile.TemporaryDirectory(prefix="small-budget-") as tmp:
-        request_path, result_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        request_path.write_text(json.dumps(request))
-        try:
-            done = subprocess.run([sys.executable, __file__, str(request_path),
-                                   str(result_path)], env=env, capture_output=True,
-                                  text=True, timeout=ENGINE_TIMEOUT_S)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"the engine did not finish in {ENGINE_TIMEOUT_S} s (hang):\n"
-                        f"{_tail(e.stderr)}")
-        assert done.returncode == 0 and result_path.exists(), \
-            f"engine run failed ({done.returncode}):\n{_tail(done.stderr)}"
-        return json.loads(result_path.read_text())
+        request_path, result_path = Path(tmp) / "requests.json", Path(tmp) / "results.jsonl"
+        log_path = Path(tmp) / "log.txt"
+        request_path.write_text(json.dumps(requests))
+        result_path.touch()
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, __file__, str(request_path),
+                                     str(result_path)], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+            done, hung, last_progress = 0, None, time.monotonic()
+            while proc.poll() is None:
+                time.sleep(0.5)
+                finished = len(_read_results(result_path))
+                if finished > done:
+                    done, last_progress = finished, time.monotonic()
+                elif time.monotonic() - last_progress > ENGINE_TIMEOUT_S:
+                    hung = requests[done]["case"]
+                    proc.kill()
+                    proc.wait()
+        return {"results": _read_results(result_path), "hung": hung,
+                "returncode": proc.returncode, "log": log_path.read_text()[-4000:]}
 
 
-def _tail(text) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return (text or "")[-4000:]
+def _read_results(path: Path) -> dict[str, dict]:
+    """The finished cases: the lines ended so far (one may be half written)."""
+    results = {}
+    for line in path.read_text().split("\n")[:-1]:
+        result = json.loads(line)
+        results[result["case"]] = result
+    return results
 
 
 def picture_gaps(prompt: list[int], image_token: int) -> list[int]:
@@ -139,5 +179,7 @@ def _engine_main(request: dict) -> dict:
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parent))
     _request_path, _result_path = sys.argv[1:]
-    _result = _engine_main(json.loads(Path(_request_path).read_text()))
-    Path(_result_path).write_text(json.dumps(_result))
+    for _request in json.loads(Path(_request_path).read_text()):
+        _line = json.dumps({"case": _request["case"], **_engine_main(_request)}) + "\n"
+        with open(_result_path, "a") as _out:
+            _out.write(_line)

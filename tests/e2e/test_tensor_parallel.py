@@ -8,6 +8,7 @@ its own copy of the target features and per-request image state) is right."""
 from __future__ import annotations
 
 import pytest
+from matrix import rows
 from plain_vllm import plain_greedy
 from prompts import conversations
 from vllm_runs import greedy_chat, offline_llm, spec_counters, vispec_config
@@ -26,7 +27,7 @@ def tp2(monkeypatch) -> dict:
 
 # LLaVA (1-D positions, chains and trees) and Qwen3-VL (M-RoPE, grouped KV heads split
 # over the ranks, an explicit head_dim): between them every way the draft is sharded.
-@pytest.mark.parametrize("kind", ["llava", "qwen3_vl"])
+@pytest.mark.parametrize("kind", rows(["llava", "qwen3_vl"], ["qwen2_5_vl"]))
 def test_vispec_at_tp2_matches_no_speculation(kind, tp2, baseline):
     convs = conversations()
     expected = plain_greedy(kind, convs, **tp2)
