@@ -25,10 +25,11 @@ def chat(server: VllmServer, messages: list[dict]) -> dict:
         "ignore_eos": True, "return_token_ids": True})
 
 
-# Each target served once, k = 1 on one of them: the offline tests take every target at
-# k = 1 and 3; here the question is the served layout (API server, engine core, worker).
-@pytest.mark.parametrize("kind,k", rows([("llava", 3), ("qwen2_5_vl", 1), ("qwen3_vl", 3)],
-                                        [("llava", 1), ("qwen2_5_vl", 3)]))
+# The offline tests take every target at k = 1 and 3; here the question is the served
+# layout (API server, engine core, worker). LLaVA is served below with trees, and with
+# chains of 3 against plain vLLM 500 times in the soak (tests/e2e/test_soak.py).
+@pytest.mark.parametrize("kind,k", rows([("qwen2_5_vl", 1), ("qwen3_vl", 3)],
+                                        [("llava", 1), ("llava", 3), ("qwen2_5_vl", 3)]))
 def test_served_vispec_matches_no_speculation(kind, k, baseline, tmp_path):
     expected = baseline(kind)
     convs = conversations()
