@@ -35,7 +35,7 @@ def baseline():
 @pytest.fixture(autouse=True)
 def _frozen_heap():
     """Engines that tests build with vLLM's LLM directly skip the frozen heap too (see
-    vllm_runs.freeze_heap); an engine's shutdown unfreezes it, so this runs per test."""
+    heap.freeze_heap); an engine's shutdown unfreezes it, so this runs per test."""
     from heap import freeze_heap
     freeze_heap()
     yield
